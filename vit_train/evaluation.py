@@ -1,0 +1,61 @@
+"""Evaluation over the whole eval split exactly once, reduced over data-parallel shards only.
+
+Each data-parallel shard counts its samples once (tensor-parallel copies and non-last pipeline
+stages contribute zero), so loss and accuracy are sums over samples divided by the sample count,
+not means of per-rank means.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vit_train.distributed import all_reduce_sum
+from vit_train.sampling import eval_shards
+
+
+@torch.no_grad()
+def evaluate(tr: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """Returns metrics {loss, accuracy, samples} and TensorBoard images (may be empty)."""
+    lay, dev = tr.layout, tr.device
+    num_classes = len(tr.class_names)
+    per_rank = tr.cfg.optim.batch_size // lay.dp_size
+    tr.model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.float64, device=dev)
+    count = torch.zeros((), dtype=torch.float64, device=dev)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=dev)
+    for idx, mask in eval_shards(len(tr.eval_y), per_rank, lay.dp_rank, lay.dp_size):
+        x = tr.eval_x[idx].to(dev, non_blocking=True)
+        y = tr.eval_y[idx].to(dev, non_blocking=True)
+        m = mask.to(dev)
+        logits = _logits(tr, x, y)
+        if logits is None:
+            continue
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        pred = logits.argmax(-1)
+        loss_sum += (losses * m).sum()
+        correct += ((pred == y) & m).sum()
+        count += m.sum()
+        confusion.index_put_((y[m], pred[m]), torch.ones_like(y[m], dtype=torch.float64), accumulate=True)
+    w = 1.0 if lay.counts_metrics else 0.0
+    flat = [float(loss_sum) * w, float(correct) * w, float(count) * w] + (confusion.flatten() * w).tolist()
+    total = all_reduce_sum(flat, dev)
+    n = max(total[2], 1.0)
+    tr.last_confusion = torch.tensor(total[3:]).reshape(num_classes, num_classes)
+    tr.model.train()
+    return {"loss": total[0] / n, "accuracy": total[1] / n, "samples": total[2]}, {}
+
+
+def _logits(tr: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    if tr.layout.uses_pipeline:
+        from vit_train.trainer import _criterion
+
+        out = tr.booster.execute_pipeline(
+            iter([{"pixel_values": x, "labels": y}]), tr.model, _criterion, None, return_loss=False, return_outputs=True
+        )
+        return out["outputs"]["logits"] if tr.layout.is_last_stage else None
+    with tr.autocast:
+        return tr.model(pixel_values=x).logits
