@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import signal
+import warnings
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -103,10 +104,13 @@ class StopFlag:
 
 def setup_logging() -> None:
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+    # Libraries (ColossalAI logs through the root logger) stay at WARNING; our own modules and
+    # submitit's at INFO on rank 0 only, so a Slurm log holds one copy of each message.
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", stream=sys.stderr)
     level = logging.INFO if rank == "0" else logging.WARNING
-    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("colossalai", "torch.distributed", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for ours in ("vit_train", "hpc", "submitit"):
+        logging.getLogger(ours).setLevel(level)
+    warnings.filterwarnings("ignore", message=".*broadcast_buffers.*is deprecated", category=FutureWarning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,6 +73,31 @@ def _gemini(cfg: RunConfig, on_cuda: bool) -> Any:
     return GeminiPlugin(**kwargs)
 
 
+def _replicated_head_policy() -> Any:
+    """ColossalAI's ViT policy with the classification head left whole on every TP rank.
+
+    The stock policy splits the head column-wise, which fails unless num_labels divides by tp_size
+    (beans has 3 labels) and tempts people to pad the label set. The head is tiny (hidden x labels)
+    and its input is already identical on every TP rank, so keeping it replicated costs nothing
+    and needs no padding; ColossalAI's grad-norm code already treats non-distributed parameters as
+    replicated across the TP group.
+    """
+    from colossalai.shardformer.policies.vit import ViTForImageClassificationPolicy
+    from transformers.models.vit.modeling_vit import ViTForImageClassification
+
+    class ReplicatedHeadViTPolicy(ViTForImageClassificationPolicy):
+        def module_policy(self):  # type: ignore[no-untyped-def]
+            policy = super().module_policy()
+            desc = policy.get(ViTForImageClassification)
+            if desc is not None and self.shard_config.enable_tensor_parallelism:
+                desc.sub_module_replacement = [
+                    r for r in (desc.sub_module_replacement or []) if r.suffix != "classifier"
+                ]
+            return policy
+
+    return ReplicatedHeadViTPolicy()
+
+
 def _hybrid(cfg: RunConfig, on_cuda: bool) -> Any:
     from colossalai.booster.plugin import HybridParallelPlugin
 
@@ -86,6 +111,7 @@ def _hybrid(cfg: RunConfig, on_cuda: bool) -> Any:
         enable_all_optimization=p.enable_all_optimization and on_cuda,
         overlap_communication=on_cuda,
         initial_scale=2**16 if cfg.precision == "fp16" else 1,
+        custom_policy=_replicated_head_policy(),
     )
     if p.pp_size > 1:
         kwargs.update(num_microbatches=p.num_microbatches, microbatch_size=p.microbatch_size)
