@@ -132,11 +132,12 @@ def _load_rng(path: Path) -> None:
 class CheckpointManager:
     """Save and restore collective checkpoints of one run folder."""
 
-    def __init__(self, run_dir: Path, keep_last: int, rank: int, world_size: int) -> None:
+    def __init__(self, run_dir: Path, keep_last: int, rank: int, world_size: int, faults: Any = None) -> None:
         self.root = run_dir / "checkpoints"
         self.keep_last = keep_last
         self.rank = rank
         self.world_size = world_size
+        self._fault = faults.in_checkpoint if faults is not None else (lambda point: None)
 
     def latest(self) -> Path | None:
         """Agreed on by all ranks: rank 0 verifies and broadcasts its choice."""
@@ -155,13 +156,18 @@ class CheckpointManager:
             make_private_dir(tmp / "rng")
         barrier()
         booster.save_model(model, str(tmp / "model"), shard=True, use_safetensors=True)
+        self._fault("after_model")
         booster.save_optimizer(optimizer, str(tmp / "optimizer"), shard=True)
+        self._fault("after_optimizer")
         _save_rng(tmp / "rng" / f"rank-{self.rank:05d}.safetensors")
         barrier()
         if self.rank == 0:
             state = {**state, "world_size": self.world_size, "saved_at": time.time()}
+            self._fault("before_state")
             atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=1))
+            self._fault("before_marker")
             atomic_write_text(tmp / MARKER, json.dumps({"step": step, "files": _manifest(tmp)}, indent=1))
+            self._fault("before_rename")
             if final.exists():  # an earlier, superseded save of the same step
                 shutil.rmtree(final)
             tmp.rename(final)

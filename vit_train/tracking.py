@@ -86,7 +86,8 @@ class Tracker:
         self._append({"kind": "train", "step": step, "epoch": epoch, **scalars})
         if self._writer is not None:
             for k, v in scalars.items():
-                self._writer.add_scalar(f"train/{k}", v, step)
+                if k != "batch_crc":
+                    self._writer.add_scalar(f"train/{k}", v, step)
         elapsed = time.perf_counter() - self._t0
         done = step - self._start_step
         eta = elapsed / done * (self.total_steps - step) if done > 0 else float("nan")

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,7 @@ from vit_train.checkpoint import CheckpointManager
 from vit_train.config import RunConfig
 from vit_train.distributed import DistEnv, all_reduce_sum, any_rank, barrier
 from vit_train.export import export_hf_model
+from vit_train.faults import Faults
 from vit_train.fsutil import atomic_write_text, make_private_dir
 from vit_train.plugins import build_booster, build_optimizer, build_plugin, layout_of, needs_autocast
 from vit_train.sampling import TrainOrder
@@ -104,7 +106,8 @@ class Trainer:
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if needs_autocast(cfg) else contextlib.nullcontext()
         )
-        self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last, env.rank, env.world_size)
+        self.faults = Faults(self.run_dir, env.rank)
+        self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last, env.rank, env.world_size, self.faults)
         self.state = LoopState()
         self._resume()
         self.tracker = Tracker(
@@ -167,6 +170,7 @@ class Trainer:
                 self._interval_steps += 1
                 st.step += 1
                 st.step_in_epoch += 1
+                self.faults.after_step(st.step)
                 epoch_done = st.step_in_epoch == self.order.steps_per_epoch
                 if st.step % self.cfg.logging.log_every_n_steps == 0 or epoch_done or st.step == self.total_steps:
                     self.log()
@@ -190,6 +194,9 @@ class Trainer:
 
     def train_step(self, perm: torch.Tensor, step_in_epoch: int) -> tuple[torch.Tensor | None, Any]:
         idx = self.order.batch_indices(perm, step_in_epoch, self.layout.dp_rank, self.layout.dp_size)
+        # Fingerprint of the step's *global* batch (same on every rank and layout): lets tests and
+        # users check that a resumed run saw the same data order.
+        self._batch_crc = zlib.crc32(self.order.batch_indices(perm, step_in_epoch, 0, 1).numpy().tobytes())
         x = self.train_x[idx].to(self.device, non_blocking=True)
         y = self.train_y[idx].to(self.device, non_blocking=True)
         self.model.train()
@@ -242,6 +249,7 @@ class Trainer:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "img_per_s": steps * self.cfg.optim.batch_size / max(seconds, 1e-9),
             "mem_gib": mem,
+            "batch_crc": self._batch_crc,
         }
         self._reset_interval()
         self.tracker.log_train(st.step, self._epoch_f(), scalars)
@@ -278,7 +286,7 @@ class Trainer:
         return self.ckpt.save(self.state.step, self.booster, self.model, self.optimizer, state)
 
     def _should_stop(self) -> bool:
-        return any_rank(self.stop_requested(), self.device)
+        return any_rank(self.stop_requested() or self.faults.stop_pending, self.device)
 
     def finish(self) -> RunOutcome:
         st = self.state
