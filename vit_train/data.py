@@ -27,6 +27,7 @@ its holder dies, so a killed builder never blocks the others).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -91,13 +92,19 @@ class ColumnInfo:
     class_names: list[str]
 
 
+def _type_name(feature: Any) -> str:
+    return feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+
+
 def _describe(features: datasets.Features) -> str:
-    return ", ".join(f"{name} ({type(f).__name__ if not isinstance(f, datasets.Value) else f.dtype})" for name, f in features.items())
+    return ", ".join(f"{name} ({_type_name(f)})" for name, f in features.items())
 
 
 def detect_columns(ds: datasets.Dataset | datasets.DatasetDict, cfg: DataConfig) -> ColumnInfo:
     """The Image-typed and ClassLabel-typed columns, unless named in the config."""
-    features = next(iter(ds.values())).features if isinstance(ds, datasets.DatasetDict) else ds.features
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    features = ds.features
     found = _describe(features)
 
     def pick(configured: str | None, kind: type, field_name: str) -> str:
@@ -117,12 +124,15 @@ def detect_columns(ds: datasets.Dataset | datasets.DatasetDict, cfg: DataConfig)
     image_column = pick(cfg.image_column, datasets.Image, "data.image_column")
     label_column = pick(cfg.label_column, datasets.ClassLabel, "data.label_column")
     if not isinstance(features[image_column], datasets.Image):
-        raise ConfigError(f"data.image_column={image_column!r}: is {_describe(datasets.Features({image_column: features[image_column]}))}, not Image; columns are {found}")
+        raise ConfigError(
+            f"data.image_column={image_column!r}: is {_type_name(features[image_column])}, not Image; columns are {found}"
+        )
     label = features[label_column]
     if not isinstance(label, datasets.ClassLabel):
         raise ConfigError(
-            f"data.label_column={label_column!r}: is {_describe(datasets.Features({label_column: label}))}, not ClassLabel, "
-            "so the class names are unknown; cast it with Dataset.cast_column(name, ClassLabel(names=[...])) or class_encode_column"
+            f"data.label_column={label_column!r}: is {_type_name(label)}, not ClassLabel, "
+            "so the class names are unknown; cast it with Dataset.cast_column(name, ClassLabel(names=[...])) "
+            "or Dataset.class_encode_column"
         )
     return ColumnInfo(image_column, label_column, list(label.names))
 
@@ -141,8 +151,8 @@ def processor_settings(processor: Any) -> dict[str, Any]:
 
 def _folder_identity(path: Path) -> str:
     # Content identity of an image folder without reading every image: relative path, size and mtime
-    # of each file (what make and datasets' own data-file hashing use). Editing or adding an image,
-    # or copying the folder anew, gives a new key; a stale cache is never served.
+    # of each file (what make and datasets' own data-file hashing use). Editing or adding an image
+    # gives a new key, and so does copying the folder without its times (a rebuild, never a stale hit).
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         st = f.stat()
@@ -177,7 +187,8 @@ def _mmap_safetensors(path: Path) -> dict[str, torch.Tensor]:
         if name == "__metadata__":
             continue
         start, _ = info["data_offsets"]
-        arr = np.memmap(path, dtype=dtypes[info["dtype"]], mode="c", offset=8 + header_size + start, shape=tuple(info["shape"]))
+        offset = 8 + header_size + start
+        arr = np.memmap(path, dtype=dtypes[info["dtype"]], mode="c", offset=offset, shape=tuple(info["shape"]))
         out[name] = torch.from_numpy(arr)
     return out
 
@@ -186,7 +197,9 @@ class TensorSplit(torch.utils.data.Dataset):
     """One pre-processed split: a contiguous [N, C, H, W] tensor and its labels, memory-mapped.
 
     ``__getitem__`` returns float32 pixel values for a plain DataLoader; a GPU loop should rather
-    take :meth:`tensors` and index whole batches (``pv[idx].to(device).float()``).
+    take :meth:`tensors` and index whole batches, moving them to the device as float16: ViTModel
+    (and ColossalAI's pipeline forward) cast pixel_values to the patch-embedding weight dtype, so the
+    cast happens on the device and the copy is half the size.
     Pickles as its file path, so spawned DataLoader workers re-map the file instead of copying it.
     """
 
@@ -216,9 +229,13 @@ class TensorSplit(torch.utils.data.Dataset):
 @dataclass(frozen=True)
 class PreparedData:
     train: TensorSplit
+    """The training split (after max_train_samples)."""
     eval: TensorSplit
+    """The evaluation split (after max_eval_samples), in dataset order."""
     class_names: list[str]
+    """Label names by index, from the ClassLabel column: the model's id2label."""
     cache_path: Path
+    """The cache folder read (see the module docstring for its layout)."""
     built: bool
     """True when this call built the cache; False when it read one (built earlier or by another process)."""
 
@@ -273,14 +290,28 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _file_lock(path: Path) -> filelock.BaseFileLock:
+def _acquire(path: Path, final: Path) -> filelock.BaseFileLock:
     # flock is dropped by the kernel when its holder dies, so a killed builder cannot block the rest
     # forever. filelock >= 4 would fall back to an existence-based lock (which a kill leaves behind)
     # on file systems without flock; refuse that and fail loudly instead (filelock < 4 does so itself).
     try:
-        return filelock.FileLock(str(path), fallback_to_soft=False)
+        lock = filelock.FileLock(str(path), fallback_to_soft=False)
     except TypeError:
-        return filelock.FileLock(str(path))
+        lock = filelock.FileLock(str(path))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            logger.info("waiting for another process to finish building %s", final)
+            lock.acquire()
+    except (NotImplementedError, OSError) as e:
+        if isinstance(e, OSError) and e.errno != errno.ENOSYS:
+            raise
+        raise ConfigError(
+            f"data.cache_dir={str(path.parent.parent)!r}: its file system does not support flock, which the cache "
+            "needs so that a killed builder never blocks the others; use a local disk or a mount with flock enabled"
+        ) from e
+    return lock
 
 
 def _is_complete(folder: Path) -> bool:
@@ -310,12 +341,7 @@ def prepare(cfg: DataConfig, processor: Any) -> PreparedData:
     final = root / f"{_slug(cfg.dataset)}-{key}"
     if not _is_complete(final):
         root.mkdir(parents=True, exist_ok=True)
-        lock = _file_lock(root / f"{final.name}.lock")
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            logger.info("waiting for another process to finish building %s", final)
-            lock.acquire()
+        lock = _acquire(root / f"{final.name}.lock", final)
         try:
             if not _is_complete(final):  # it may have been completed while we waited
                 _build(final, splits, cols, processor, cfg, material, key)

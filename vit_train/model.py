@@ -86,7 +86,7 @@ def build_model(cfg: ModelConfig, class_names: list[str]) -> ViTForImageClassifi
     # predictions; keep it only when it was trained on these very labels (resuming a fine-tune).
     base_names = [base.id2label.get(i, base.id2label.get(str(i))) for i in range(base.num_labels)]
     if base.num_labels == len(class_names) and base_names != class_names:
-        logger.info("re-initialising the classification head: %s has labels %s, the dataset %s", cfg.name, base_names, class_names)
+        logger.info("new classification head: %s has labels %s, the dataset %s", cfg.name, base_names, class_names)
         model._init_weights(model.classifier)
     return model
 

@@ -8,12 +8,15 @@ train on images drawn here instead. The schema is beans' own, column for column,
     splits: train, validation, test
 
 Each image is a leaf (random position, size, rotation, shade and background) whose class is told by its
-lesions, loosely after the real diseases: angular leaf spot = a few larger angular grey-brown patches,
-bean rust = many small round orange-brown pustules with pale halos, healthy = none (but a few pale
-specks, so "any blemish" is not the answer). Brightness, colour cast, blur and noise vary per image and
-the lesion sizes and colours overlap between classes, so a model must look at shape, size and count,
-not just mean colour. Everything is a pure function of (seed, split, index): the same arguments give
-byte-identical PNGs and therefore the same dataset fingerprint.
+lesions, loosely after the real diseases: angular leaf spot = a few larger angular brown patches with
+yellowish margins, bean rust = many small round orange-brown pustules with pale halos, healthy = none
+(but a few pale specks, so "any blemish" is not the answer). Exposure, white balance, blur and noise
+vary per image with the same distribution for every class, so mean colour says little: a logistic
+regression on per-channel mean/std scores 0.33-0.41 (chance 0.33), while a randomly initialised
+"tiny" ViT at 32 px, trained 40 epochs from scratch, reaches ~0.73 validation accuracy from the 240
+default training images and ~0.8 from 600 (tests/test_data_model.py; ~15 s of one CPU core).
+Everything is a pure function of (seed, split, index): the same arguments give byte-identical PNGs
+and therefore the same dataset fingerprint.
 """
 
 from __future__ import annotations
@@ -23,9 +26,13 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+if TYPE_CHECKING:  # datasets is imported lazily: draw_leaf alone should not pay for it
+    import datasets
 
 CLASS_NAMES = ["angular_leaf_spot", "bean_rust", "healthy"]
 SPLITS = ("train", "validation", "test")
@@ -124,7 +131,7 @@ def draw_leaf(label: int, rng: np.random.Generator, image_size: int) -> Image.Im
     pixels = np.asarray(img, dtype=np.float32)
     pixels = pixels * rng.uniform(0.7, 1.3) * rng.uniform(0.9, 1.1, size=3)  # exposure and white balance
     pixels += rng.normal(0, rng.uniform(2, 10), size=pixels.shape)  # sensor noise
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))  # HxWx3 uint8 = RGB
 
 
 def _png(img: Image.Image) -> bytes:
@@ -133,7 +140,7 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _split(split: str, num: int, image_size: int, seed: int):  # -> datasets.Dataset
+def _split(split: str, num: int, image_size: int, seed: int) -> "datasets.Dataset":
     from datasets import ClassLabel, Dataset, Features, Value
     from datasets import Image as ImageFeature
 
@@ -146,7 +153,8 @@ def _split(split: str, num: int, image_size: int, seed: int):  # -> datasets.Dat
         name = CLASS_NAMES[label]
         file_name = f"{name}_{split}.{i}.png"
         paths.append(f"synthetic/{split}/{name}/{file_name}")
-        images.append({"bytes": _png(draw_leaf(label, np.random.default_rng([seed, split_id, i]), image_size)), "path": file_name})
+        image = draw_leaf(label, np.random.default_rng([seed, split_id, i]), image_size)
+        images.append({"bytes": _png(image), "path": file_name})
     features = Features(
         {"image_file_path": Value("string"), "image": ImageFeature(), "labels": ClassLabel(names=CLASS_NAMES)}
     )
