@@ -75,6 +75,9 @@ def test_tensorboard_scalars_and_hparams(learn_run) -> None:
                 "eval/loss", "eval/accuracy", "hparam/accuracy"):
         assert tag in tags, (tag, tags)
     assert len(acc.Scalars("eval/accuracy")) == 10
+    # a confusion matrix and a strip of misclassified validation images at every evaluation
+    assert {"eval/confusion_matrix", "eval/misclassified"} <= set(acc.Tags()["images"])
+    assert len(acc.Images("eval/confusion_matrix")) == 10
     content = acc.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert session.hparams["optim.lr"].number_value == pytest.approx(2e-3)

@@ -75,6 +75,7 @@ class Trainer:
             make_private_dir(self.run_dir)
         barrier()
         processor = build_image_processor(cfg.model)
+        self.image_mean, self.image_std = list(processor.image_mean), list(processor.image_std)
         self.data = prepare(cfg.data, processor)
         self.class_names = list(self.data.class_names)
         torch.manual_seed(cfg.seed)  # same head init on every rank and every layout
