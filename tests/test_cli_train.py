@@ -68,7 +68,7 @@ def test_tensorboard_scalars_and_hparams(learn_run) -> None:
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     _, out, _ = learn_run
-    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
     for tag in ("train/loss", "train/lr", "train/grad_norm", "train/img_per_s", "train/mem_gib",
