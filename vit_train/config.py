@@ -46,6 +46,8 @@ class ModelConfig:
     """Hub revision (commit or tag) to pin for from_pretrained; None = the hub's default branch."""
     attn_implementation: str = "sdpa"
     """Attention kernel for transformers ViT: "sdpa" (fused, fast on GPU) or "eager"."""
+    compile: bool = False
+    """torch.compile the model's forward/backward (GPU speed; the first steps pay the compile time)."""
 
     def __post_init__(self) -> None:
         if not self.name:
