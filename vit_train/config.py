@@ -248,6 +248,7 @@ NON_SEMANTIC = {
     "output_dir",
     "data.cache_dir",
     "data.num_workers",
+    "model.compile",
     "checkpoint.every_n_steps",
     "checkpoint.keep_last",
     "checkpoint.export_hf",

@@ -7,6 +7,7 @@ not means of per-rank means.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -88,5 +89,8 @@ def _logits(tr: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
             iter([{"pixel_values": x, "labels": y}]), tr.model, _criterion, None, return_loss=False, return_outputs=True
         )
         return out["outputs"]["logits"] if tr.layout.is_last_stage else None
-    with tr.autocast:
+    # A compiled model evaluates eager: eval mode and no_grad would otherwise compile a second graph,
+    # which costs more than a few evaluation batches gain from it.
+    eager = torch.compiler.set_stance("force_eager") if getattr(tr, "compile_model", False) else contextlib.nullcontext()
+    with tr.autocast, eager:
         return tr.model(pixel_values=x).logits

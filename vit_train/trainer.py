@@ -57,37 +57,58 @@ class RunOutcome:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, env: DistEnv, stop_requested: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        env: DistEnv,
+        stop_requested: Callable[[], bool] = lambda: False,
+        compile_model: bool | None = None,
+    ) -> None:
         self.cfg = cfg
         self.env = env
         self.stop_requested = stop_requested
         self.run_dir = Path(cfg.output_dir)
         self.device = env.device
+        # torch.compile of the model's forward/backward; None = the config's model.compile when it
+        # has one (see BENCHMARKS.md: the fastest single-GPU path), else off.
+        self.compile_model = bool(getattr(cfg.model, "compile", False)) if compile_model is None else compile_model
+        self.setup_seconds: dict[str, float] = {}
         cfg.check_world(env.world_size, env.device.type)
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> None:
-        from vit_train.data import prepare
+    def setup(self, data: Any = None) -> None:
+        """Build data, model, plugin and optimizer, boost them and resume. ``data`` (a
+        :class:`vit_train.data.PreparedData`) skips :func:`vit_train.data.prepare`; the benchmark
+        passes synthetic splits that way."""
         from vit_train.model import build_image_processor, build_model
 
         cfg, env = self.cfg, self.env
+        lap = _Lap(self.setup_seconds)
         if env.is_main:
             make_private_dir(self.run_dir)
         barrier()
         processor = build_image_processor(cfg.model)
         self.image_mean, self.image_std = list(processor.image_mean), list(processor.image_std)
-        self.data = prepare(cfg.data, processor)
+        if data is None:
+            from vit_train.data import prepare
+
+            data = prepare(cfg.data, processor)
+        self.data = data
         self.class_names = list(self.data.class_names)
+        lap("data")
         torch.manual_seed(cfg.seed)  # same head init on every rank and every layout
         model = build_model(cfg.model, self.class_names)
         self.model_config = model.config
+        lap("model")
         self.plugin = build_plugin(cfg, env.on_cuda)
         self.booster = build_booster(cfg, self.plugin, env.on_cuda)
         self.lr = cfg.effective_lr(env.world_size)
         optimizer = build_optimizer(cfg, model, self.lr, env.on_cuda)
+        lap("plugin")
 
-        self.train_x, self.train_y = self.data.train.tensors()
+        self.train_x, self.train_y = _stage_on_device(*self.data.train.tensors(), self.device)
         self.eval_x, self.eval_y = self.data.eval.tensors()
+        lap("stage_data")
         self.order = TrainOrder(len(self.train_y), cfg.optim.batch_size, cfg.seed)
         if self.order.steps_per_epoch < 1:
             raise ValueError(
@@ -104,6 +125,9 @@ class Trainer:
         )
         self.model, self.optimizer, _, _, self.scheduler = self.booster.boost(model, optimizer, lr_scheduler=scheduler)
         self.layout = layout_of(cfg, self.plugin)
+        lap("boost")
+        if self.compile_model:
+            self._compile()
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if needs_autocast(cfg) else contextlib.nullcontext()
         )
@@ -116,10 +140,25 @@ class Trainer:
         )
         if env.is_main:
             self._write_resolved_config()
+        lap("resume")
+        log.info("setup took %s", ", ".join(f"{k} {v:.2f}s" for k, v in self.setup_seconds.items()))
         if self.lr != cfg.optim.lr:
             self.tracker.info(
                 f"optim.lr_scaling={cfg.optim.lr_scaling}: lr {cfg.optim.lr:g} -> {self.lr:g} for data-parallel size {self.layout.dp_size}"
             )
+
+    def _compile(self) -> None:
+        """torch.compile the model in place (``nn.Module.compile``: parameter names and therefore
+        checkpoints stay as they are). The first step pays the compilation (tens of seconds,
+        less with a warm inductor cache); evaluation runs eager so it triggers no second compile."""
+        p = self.cfg.parallel
+        if p.plugin == "gemini" or p.pp_size > 1:
+            raise ValueError(
+                f"model compile with parallel.plugin={p.plugin}, pp_size={p.pp_size}: Gemini's parameter hooks and "
+                "the pipeline schedule do not trace; compile works with torch_ddp, low_level_zero and "
+                "hybrid_parallel without pipeline"
+            )
+        self.model.unwrap().compile()
 
     def _identity(self) -> dict[str, Any]:
         return {
@@ -198,8 +237,7 @@ class Trainer:
         # Fingerprint of the step's *global* batch (same on every rank and layout): lets tests and
         # users check that a resumed run saw the same data order.
         self._batch_crc = zlib.crc32(self.order.batch_indices(perm, step_in_epoch, 0, 1).numpy().tobytes())
-        x = self.train_x[idx].to(self.device, non_blocking=True)
-        y = self.train_y[idx].to(self.device, non_blocking=True)
+        x, y = _gather_batch(self.train_x, self.train_y, idx, self.device)
         self.model.train()
         if self.layout.uses_pipeline:
             out = self.booster.execute_pipeline(
@@ -287,7 +325,10 @@ class Trainer:
         return self.ckpt.save(self.state.step, self.booster, self.model, self.optimizer, state)
 
     def _should_stop(self) -> bool:
-        return any_rank(self.stop_requested() or self.faults.stop_pending, self.device)
+        local = self.stop_requested() or self.faults.stop_pending
+        if self.env.world_size == 1:
+            return local  # nothing to agree on: skip the collective and its per-step host sync
+        return any_rank(local, self.device)
 
     def finish(self) -> RunOutcome:
         st = self.state
@@ -321,6 +362,53 @@ class Trainer:
         self.tracker.close()
         barrier()
         return RunOutcome("completed", st.step, result)
+
+
+# A training split up to this share of the GPU's memory is copied to the GPU once: a batch is then
+# one on-device gather (microseconds) instead of a CPU gather plus a host-to-device copy each step
+# (a 256-image ViT-B batch is 77 MB of float16). Larger splits stay in host memory (see _gather_batch).
+_STAGE_FRACTION = 0.1
+
+
+def _stage_on_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if device.type != "cuda":
+        return x, y
+    nbytes = x.numel() * x.element_size() + y.numel() * y.element_size()
+    if nbytes > _STAGE_FRACTION * torch.cuda.get_device_properties(device).total_memory:
+        log.info("training split (%.1f GiB) stays in host memory; batches are copied per step", nbytes / 2**30)
+        return x, y
+    return x.to(device), y.to(device)
+
+
+def _gather_batch(
+    x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of (x, y) on ``device``, with no host synchronisation on a GPU."""
+    if device.type != "cuda":
+        return x[idx], y[idx]
+    if x.device.type == "cuda":  # staged split: move the few indices, gather on the GPU
+        idx = idx.pin_memory().to(device, non_blocking=True)
+        return x[idx], y[idx]
+    # Gather straight into pinned memory so the copy runs asynchronously (a pageable source makes
+    # the copy wait for the GPU to drain); the caching host allocator keeps each buffer until its
+    # copy has finished.
+    xb = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, pin_memory=True)
+    yb = torch.empty((len(idx), *y.shape[1:]), dtype=y.dtype, pin_memory=True)
+    torch.index_select(x, 0, idx, out=xb)
+    torch.index_select(y, 0, idx, out=yb)
+    return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+class _Lap:
+    """Records the seconds since the previous call under a name (the setup breakdown)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.t = into, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = now - self.t
+        self.t = now
 
 
 def _criterion(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
