@@ -104,3 +104,17 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path, synthetic_datase
                     check=False)
     assert other.returncode != 0
     assert "was saved for model='tiny'" in other.stderr
+
+
+def test_resume_tp2xpp2_to_ddp(tmp_path: Path, synthetic_dataset: Path, data_cache: Path) -> None:
+    """A checkpoint saved by 4 ranks under tp=2 x pp=2 continues in one DDP process with equal losses."""
+    ref = _uninterrupted(tmp_path, synthetic_dataset, data_cache)
+    hybrid = {"parallel.plugin": "hybrid_parallel", "parallel.tp_size": 2, "parallel.pp_size": 2,
+              "parallel.num_microbatches": 2}
+    out = tmp_path / "tp2pp2_then_ddp"
+    first = run_cli(base_args(synthetic_dataset, data_cache, out, **EPOCHS_2, **hybrid), nproc=4,
+                    env=child_env(VIT_TRAIN_FAULT="stop@step=9"), check=False)
+    assert first.returncode != 0  # torchrun reports the workers' exit code 3 as its own 1
+    assert (out / "checkpoints" / "step-000009" / "COMPLETE.json").is_file(), first.stderr[-3000:]
+    run_cli(base_args(synthetic_dataset, data_cache, out, **EPOCHS_2))
+    _assert_same_run(ref, out, tol=1e-5, weight_tol=1e-4)
