@@ -12,12 +12,15 @@ install: install-python install-slurm
 install-python:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	@$(PYTHON) -c "import colossalai" 2>/dev/null || $(PIP) install -q --no-deps --no-build-isolation "$(COLOSSALAI_SPEC)"
-	@$(PYTHON) -c "import vit_train, hpc, pytest_timeout, hypothesis" 2>/dev/null || $(PIP) install -q --no-build-isolation -e ".[test]"
+	@$(PYTHON) -c "import vit_train, hpc, pytest_timeout, hypothesis, ninja" 2>/dev/null || $(PIP) install -q --no-build-isolation -e ".[test]"
 	@$(PYTHON) -c "import torch, colossalai, transformers, datasets, submitit, tensorboard; print('python deps ok: torch', torch.__version__, 'transformers', transformers.__version__)"
 
-# Debian packages for the local real Slurm cluster used by tests and the demo (needs root).
+# Debian packages for the local real Slurm cluster used by tests and the demo, and Chromium for the
+# TensorBoard screenshot test (needs root).
 install-slurm:
 	@$(PYTHON) -m hpc.devcluster install
+	@command -v chromium >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium))
 
 test: install
 	$(PYTHON) -m pytest -x -q

@@ -125,7 +125,9 @@ class Tracker:
         mt = {f"hparam/{k}": float(v) for k, v in metrics.items()}
         exp, ssi, sei = hparams_summary(hp, mt)
         fw = self._writer._get_file_writer()
-        fw.add_summary(exp)
+        # No per-run experiment summary: with one in every run, TensorBoard takes the first run's
+        # as the grid's and marks no hyper-parameter as varying (lr hidden). Without it, TensorBoard
+        # builds the experiment from all runs' sessions and shows the varying ones first.
         fw.add_summary(ssi)
         fw.add_summary(sei)
         for k, v in mt.items():
