@@ -1,0 +1,359 @@
+"""Submit a grid to Slurm as one submitit job array; also resume and cancel it.
+
+Flow of :func:`submit`: load the grid and its site profile, run the preflight (nothing is written
+before it passes), take the grid folder's lock, read every run's state, then submit in ONE array the
+runs that are neither finished nor in flight, and record each job id in the run's run.json.
+
+* Idempotent: a finished run (result.json says completed) or one pending/running in Slurm is skipped,
+  so submitting a grid twice, even from two shells at once (the lock serialises them, and squeue sees
+  a job the moment sbatch returns), queues each run once.
+* ``force`` starts runs over: an in-flight job of the run is cancelled first (two jobs must never
+  write one run folder), and previous outputs move to ``<run>/previous/<time>/`` (kept, not deleted).
+* The sbatch script is submitit's own (``_make_sbatch_string``), so ``--dry-run`` prints exactly
+  what would be submitted, without calling sbatch or creating a file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpc import preflight, runstate
+from hpc.grid import GridSpec, RunSpec, expand, load_grid
+from vit_train.config import ConfigError
+from vit_train.fsutil import atomic_write_text, make_private_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PROFILE_DIR = REPO_ROOT / "slurm_templates" / "profiles"
+PROFILE_KEYS = ("description", "setup", "sbatch", "env")
+GRID_COPY, LOCK_FILE, PREVIOUS_DIR = "grid.yaml", ".lock", "previous"
+# Options left to the profile as site defaults; the grid's slurm: section wins when it sets them.
+PROFILE_DEFAULT_KEYS = ("partition", "account", "qos", "constraint")
+# Options the grid's slurm: section (or submitit itself) owns; a profile setting them would be ignored
+# or would silently change what the grid asked for, so it is refused.
+GRID_OWNED_SBATCH = ("nodes", "ntasks", "ntasks-per-node", "gpus", "gpus-per-node", "gres", "cpus-per-task", "mem",
+                     "mem-per-cpu", "mem-per-gpu", "time", "signal", "array", "output", "error", "job-name",
+                     "open-mode", "requeue", "no-requeue", "wrap")
+IN_FLIGHT = ("running", "pending")
+Out = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------- site profiles
+class ProfileError(ConfigError):
+    """A site profile is missing or invalid; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteProfile:
+    """slurm_templates/profiles/<name>.yaml: how jobs start on one site."""
+
+    name: str
+    description: str
+    """One line shown by --dry-run."""
+    setup: tuple[str, ...] = ()
+    """Shell lines before srun (module load, source venv)."""
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    """Extra #SBATCH options; partition/account/qos/constraint are defaults the grid may override."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables exported before the setup lines."""
+
+    def setup_lines(self) -> list[str]:
+        # Double quotes: $USER/$HOME expand in the job's shell, as a site admin would expect.
+        exports = [f'export {k}="{_dq(v)}"' for k, v in self.env.items()]
+        return exports + list(self.setup)
+
+    def extra_sbatch(self) -> dict[str, Any]:
+        # `key: false` means "off": submitit would write --key=False.
+        return {k: v for k, v in self.sbatch.items() if k not in PROFILE_DEFAULT_KEYS and v is not False}
+
+
+def _dq(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+
+
+def available_profiles(profile_dir: Path = PROFILE_DIR) -> list[str]:
+    return sorted(p.stem for p in profile_dir.glob("*.yaml"))
+
+
+def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> SiteProfile:
+    """Read and check a profile; ``{repo}`` in env values and setup lines becomes the repository root."""
+    path = Path(profile_dir) / f"{name}.yaml"
+    if not path.is_file():
+        raise ProfileError(f"profile={name!r}: no {path}; available: {', '.join(available_profiles(profile_dir)) or 'none'}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: must be a mapping with keys {', '.join(PROFILE_KEYS)}")
+    unknown = sorted(set(data) - set(PROFILE_KEYS))
+    if unknown:
+        raise ProfileError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(PROFILE_KEYS)}")
+    setup, sbatch, env = data.get("setup") or [], data.get("sbatch") or {}, data.get("env") or {}
+    if not isinstance(setup, list) or not all(isinstance(x, str) for x in setup):
+        raise ProfileError(f"{path}: setup must be a list of shell lines, e.g. ['module load cuda']")
+    if not isinstance(sbatch, dict) or not all(isinstance(v, (str, int, float, bool)) for v in sbatch.values()):
+        raise ProfileError(f"{path}: sbatch must map option names to values, e.g. {{partition: gpu, exclusive: true}}")
+    sbatch = {str(k).replace("_", "-"): v for k, v in sbatch.items()}
+    owned = sorted(set(sbatch) & set(GRID_OWNED_SBATCH))
+    if owned:
+        raise ProfileError(f"{path}: sbatch option(s) {owned} are set per grid; put them in the grid's slurm: section")
+    if not isinstance(env, dict) or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)) for k in env) \
+            or not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
+        raise ProfileError(f"{path}: env must map variable names to scalar values, e.g. {{OMP_NUM_THREADS: '1'}}")
+    repo = str(REPO_ROOT)
+    return SiteProfile(
+        name=name,
+        description=str(data.get("description") or ""),
+        setup=tuple(line.replace("{repo}", repo) for line in setup),
+        sbatch=sbatch,
+        env={str(k): str(v).replace("{repo}", repo) for k, v in env.items()},
+    )
+
+
+def submitit_folder(spec: GridSpec) -> Path:
+    return spec.grid_dir / runstate.SUBMITIT_DIR / "%j"
+
+
+def executor_parameters(spec: GridSpec, profile: SiteProfile) -> dict[str, Any]:
+    """Keyword arguments of submitit's ``SlurmExecutor.update_parameters`` for this grid."""
+    r = spec.slurm
+    params: dict[str, Any] = {
+        "job_name": spec.name,
+        "time": r.time_min,
+        "nodes": r.nodes,
+        "ntasks_per_node": r.tasks_per_node,  # one task (rank) per GPU: srun starts the ranks, not torchrun
+        "cpus_per_task": r.cpus_per_task,
+        "mem": f"{r.mem_gb}GB",
+        "signal_delay_s": r.signal_delay_s,
+        "array_parallelism": r.array_parallelism,
+        "setup": profile.setup_lines(),
+        # One dead rank leaves the others blocked in a collective until the time limit: let srun kill them.
+        "srun_args": ["--kill-on-bad-exit=1"],
+        # --requeue explicitly: sites with JobRequeue=0 would otherwise refuse submitit's `scontrol requeue`.
+        "additional_parameters": {"requeue": True, **profile.extra_sbatch()},
+    }
+    if r.gpus_per_node:
+        params["gpus_per_node"] = r.gpus_per_node
+    for key in PROFILE_DEFAULT_KEYS:
+        value = getattr(r, key) or profile.sbatch.get(key)
+        if value:
+            params[key] = value
+    return params
+
+
+def python_command(folder: Path, python: str | None = None) -> str:
+    """The command submitit puts after srun (SlurmExecutor._submitit_command_str)."""
+    return " ".join([python or shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+
+
+def render_sbatch(spec: GridSpec, profile: SiteProfile, num_runs: int) -> str:
+    """The sbatch script submitit writes for an array of ``num_runs`` runs of this grid (no I/O)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = submitit_folder(spec).absolute()
+    # submitit submits a single job, not an array of one, when the batch holds one submission.
+    map_count = num_runs if num_runs > 1 else None
+    return _make_sbatch_string(command=python_command(folder), folder=folder, map_count=map_count,
+                               **executor_parameters(spec, profile))
+
+
+def build_executor(spec: GridSpec, profile: SiteProfile) -> Any:
+    import submitit
+
+    # max_num_timeout = max_requeues: with time limits under ~12 min submitit counts every USR2
+    # (preemption included) as a time-out, and stops requeueing after max_num_timeout of them.
+    ex = submitit.SlurmExecutor(folder=submitit_folder(spec), max_num_timeout=spec.slurm.max_requeues)
+    ex.update_parameters(**executor_parameters(spec, profile))
+    return ex
+
+
+# ---------------------------------------------------------------------------- what to do with each run
+@dataclass(frozen=True)
+class Decision:
+    run: RunSpec
+    status: runstate.RunStatus
+    submit: bool
+    why: str
+    """Printed after the run name: "submit", "skip (finished)", "skip (running as job 12_3: RUNNING)"."""
+
+
+def read_statuses(run_dirs: Sequence[Path], configs: Sequence[dict[str, Any] | None] | None = None) -> list[runstate.RunStatus]:
+    """Every run's status with ONE squeue and ONE sacct call for the whole grid."""
+    records = [runstate.read_run_record(d) for d in run_dirs]
+    states = runstate.slurm_states([r.last_job_id for r in records if r and r.last_job_id])
+    cfgs = list(configs) if configs is not None else [None] * len(run_dirs)
+    return [runstate.run_state(d, states, config=c) for d, c in zip(run_dirs, cfgs)]
+
+
+def plan(runs: Sequence[RunSpec], *, force: bool = False, phases: Sequence[str] | None = None) -> list[Decision]:
+    """Decide per run; ``phases`` (resume --failed) narrows what is resubmitted."""
+    out = []
+    for run, st in zip(runs, read_statuses([r.run_dir for r in runs], [r.config.to_dict() for r in runs])):
+        if force:
+            out.append(Decision(run, st, True, "submit (force)"))
+        elif st.phase == "finished":
+            out.append(Decision(run, st, False, "skip (finished)"))
+        elif st.phase in IN_FLIGHT:
+            out.append(Decision(run, st, False, f"skip (running as job {st.job_id}: {st.slurm_state or 'just submitted'})"))
+        elif phases is not None and st.phase not in phases:
+            out.append(Decision(run, st, False, f"skip ({st.phase})"))
+        else:
+            out.append(Decision(run, st, True, "submit" if st.phase == "not_submitted" else f"submit ({st.phase})"))
+    return out
+
+
+@contextmanager
+def grid_lock(grid_dir: Path, timeout_s: float = 600, out: Out = print) -> Iterator[None]:
+    """Exclusive lock of a grid folder, so concurrent submits see each other's jobs (flock: works on
+    local disks and on NFS, where Linux maps it to a POSIX lock)."""
+    make_private_dir(grid_dir)
+    with open(grid_dir / LOCK_FILE, "a") as fh:
+        deadline, told = time.monotonic() + timeout_s, False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    out(f"waiting for another submit/resume/cancel of {grid_dir} to finish ...")
+                    told = True
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{grid_dir / LOCK_FILE} is held by another process for {timeout_s:.0f} s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _copy_grid(spec: GridSpec) -> None:
+    """Keep the grid file in its folder, so `status`/`report` work from the folder alone."""
+    src = Path(spec.source)
+    header = f"# Copy of {src} made by `submit.py` at {time.strftime('%Y-%m-%d %H:%M:%S')}; relative paths below\n" \
+             f"# are relative to {src.parent}, not to this copy.\n"
+    atomic_write_text(spec.grid_dir / GRID_COPY, header + src.read_text())
+
+
+def _record(run: RunSpec, spec: GridSpec) -> runstate.RunRecord:
+    return runstate.RunRecord(run.signature, run.name, spec.name, dict(run.point), run.config.to_dict())
+
+
+# ---------------------------------------------------------------------------- the commands
+@dataclass(frozen=True)
+class Outcome:
+    decisions: list[Decision]
+    job_ids: dict[str, str]
+    """Run name -> job id of what was submitted now."""
+    sbatch: str | None = None
+    """The rendered script (dry run only)."""
+
+
+def submit(grid: str | Path, *, dry_run: bool = False, force: bool = False, preflight_sbatch: bool = True,
+           offline: bool = False, reason: str = "submit", phases: Sequence[str] | None = None,
+           out: Out = print) -> Outcome:
+    """Preflight, then submit every run that needs it as one job array (see module docstring)."""
+    spec, profile, runs = preflight.check_file(grid, sbatch=preflight_sbatch, offline=offline, out=out)
+    if dry_run:
+        decisions = plan(runs, force=force, phases=phases)
+        for d in decisions:
+            out(f"{d.run.name}  {d.why}\n    signature {d.run.signature}  point {d.run.point}")
+        num_chosen = sum(d.submit for d in decisions)
+        script = render_sbatch(spec, profile, max(num_chosen, 1))
+        out(f"\n# dry run: {num_chosen} of {len(runs)} runs would be submitted with profile {profile.name!r} "
+            f"({profile.description}); sbatch script:\n{script}")
+        return Outcome(decisions, {}, script)
+    with grid_lock(spec.grid_dir, out=out):
+        _copy_grid(spec)
+        decisions = plan(runs, force=force, phases=phases)
+        chosen = [d for d in decisions if d.submit]
+        if force:
+            _start_over(chosen, out)
+        job_ids = _submit_array(spec, profile, [d.run for d in chosen])
+        for d in decisions:
+            if d.submit:
+                runstate.add_submission(d.run.run_dir, _record(d.run, spec), job_ids[d.run.name],
+                                        "force" if force else reason)
+                out(f"{d.why}  {d.run.name}  -> job {job_ids[d.run.name]}")
+            else:
+                out(f"{d.why}  {d.run.name}")
+        out(f"{len(chosen)} of {len(runs)} runs submitted" + (f"; logs in {spec.grid_dir / runstate.SUBMITIT_DIR}" if chosen else ""))
+        return Outcome(decisions, job_ids)
+
+
+def resume(grid: str | Path, *, failed_only: bool = False, preflight_sbatch: bool = True, offline: bool = False,
+           out: Out = print) -> Outcome:
+    """Resubmit runs that stopped unfinished (failed, cancelled, preempted and not requeued, never
+    submitted); they continue from their newest complete checkpoint. Never finished or in-flight runs."""
+    phases = ("failed",) if failed_only else ("failed", "cancelled", "preempted", "not_submitted")
+    return submit(grid, reason="resume", phases=phases, preflight_sbatch=preflight_sbatch, offline=offline, out=out)
+
+
+def cancel(grid: str | Path, *, out: Out = print) -> list[str]:
+    """scancel the in-flight jobs of the grid's runs (one call); returns the cancelled job ids."""
+    spec = load_grid(grid)
+    runs = expand(spec)
+    if not spec.grid_dir.exists():
+        out(f"nothing to cancel: {spec.grid_dir} does not exist (grid never submitted)")
+        return []
+    with grid_lock(spec.grid_dir, out=out):
+        statuses = read_statuses([r.run_dir for r in runs])
+        ids = [st.job_id for st in statuses if st.phase in IN_FLIGHT and st.job_id]
+        for st in statuses:
+            out(f"cancel {st.name} (job {st.job_id}: {st.slurm_state})" if st.phase in IN_FLIGHT and st.job_id
+                else f"skip ({st.phase})  {st.name}")
+        if ids:
+            _scancel(ids)
+        return ids
+
+
+def _scancel(job_ids: Sequence[str]) -> None:
+    proc = subprocess.run(["scancel", *job_ids], capture_output=True, text=True, timeout=60, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scancel {' '.join(job_ids)} failed: {proc.stderr.strip()}")
+
+
+def _start_over(decisions: Sequence[Decision], out: Out, timeout_s: float = 120) -> None:
+    """force: cancel the run's in-flight job and wait until it is gone, then set old outputs aside."""
+    live = [d.status.job_id for d in decisions if d.status.phase in IN_FLIGHT and d.status.job_id]
+    if live:
+        out(f"force: cancelling in-flight jobs {' '.join(live)}")
+        _scancel(live)
+        deadline = time.monotonic() + timeout_s
+        while any(s.state in runstate.RUNNING_STATES | runstate.PENDING_STATES
+                  for s in runstate.squeue_states(live).values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"jobs {live} still in the queue {timeout_s:.0f} s after scancel")
+            time.sleep(0.5)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for d in decisions:
+        keep = {runstate.RUN_FILE, PREVIOUS_DIR}
+        old = [p for p in d.run.run_dir.iterdir() if p.name not in keep] if d.run.run_dir.is_dir() else []
+        if old:
+            dest = make_private_dir(d.run.run_dir / PREVIOUS_DIR / stamp)
+            for p in old:
+                shutil.move(str(p), dest / p.name)
+            out(f"force: moved previous outputs of {d.run.name} to {dest}")
+
+
+def _submit_array(spec: GridSpec, profile: SiteProfile, runs: Sequence[RunSpec]) -> dict[str, str]:
+    if not runs:
+        return {}
+    from hpc.job import TrainJob
+
+    ex = build_executor(spec, profile)
+    with ex.batch():
+        jobs = [ex.submit(TrainJob(run.config.to_dict(), str(run.run_dir))) for run in runs]
+    return {run.name: str(job.job_id) for run, job in zip(runs, jobs)}
