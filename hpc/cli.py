@@ -1,4 +1,4 @@
-"""``python submit.py {submit,status,resume,cancel,report}``: the login-node command line.
+"""``python submit.py {submit,status,resume,cancel,report,prefetch,kernels,tensorboard}``: the login-node CLI.
 
 Parsing and printing only; the work is in hpc.submission (submit/resume/cancel), hpc.runstate
 (status) and hpc.report (results table). GRID_OR_FOLDER is a grid YAML, or a grid folder made by
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="results table: batch size, learning rate, average loss, accuracy")
     s.add_argument("target", metavar="GRID_OR_FOLDER", type=Path, help="grid YAML, or a grid folder made by submit")
     s.add_argument("--format", choices=report.FORMATS, default="text")
+
+    # Commands with their own modules; each registers a parser whose handler(args) returns the exit code.
+    from hpc import kernels, prefetch, tensorboard
+
+    for module in (prefetch, kernels, tensorboard):
+        module.add_parser(sub)
     return p
 
 
@@ -173,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(args)
         elif args.command == "report":
             return cmd_report(args)
+        else:
+            return int(args.handler(args))
     except (PreflightError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

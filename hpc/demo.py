@@ -28,8 +28,8 @@ from hpc.cli import status_table
 from hpc.grid import expand, load_grid
 
 REPO = Path(__file__).resolve().parents[1]
-GRIDS = (REPO / "grids" / "cpu_tiny.yaml", REPO / "grids" / "demo_2node.yaml")
-PREEMPTED_GRID = REPO / "grids" / "demo_2node.yaml"
+GRID_FILES = ("cpu_tiny.yaml", "demo_2node.yaml")
+"""The 3x3 grid, then the 2-node run that gets preempted half-way."""
 
 
 def prepare_assets(root: Path, out: Console) -> None:
@@ -40,7 +40,7 @@ def prepare_assets(root: Path, out: Console) -> None:
     data = root / "data" / "beans_synthetic"
     if not (data / "dataset_dict.json").is_file():
         out.print(f"generating the synthetic beans-like dataset in {data}")
-        make_beans_like(data, num_train=240, num_validation=60, num_test=60, image_size=64, seed=0)
+        make_beans_like(data, num_train=600, num_validation=150, num_test=60, image_size=64, seed=0)
     model = root / "models" / "tiny-vit"
     if not (model / "config.json").is_file():
         out.print(f"writing a tiny ViT (random weights, 1000-class head) to {model}")
@@ -112,31 +112,37 @@ def wait_all(grids: Sequence[Path], out: Console, timeout_s: float) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpc.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=REPO / "demo_runs", help="where the dataset and tiny model go")
+    p.add_argument("--grids-dir", type=Path, default=REPO / "grids",
+                   help=f"folder holding {' and '.join(GRID_FILES)} (tests use trimmed copies)")
+    p.add_argument("--root", type=Path, help="where the dataset and tiny model go (default: GRIDS_DIR/../demo_runs, "
+                   "where the grids' ../demo_runs paths point)")
     p.add_argument("--prepare-only", action="store_true", help="only generate the dataset and model")
     p.add_argument("--keep-cluster", action="store_true", help="leave the local Slurm cluster running")
     p.add_argument("--timeout", type=float, default=540, help="seconds to wait for all runs")
     args = p.parse_args(argv)
-    out = Console(highlight=False)
+    # A log file gets wide tables (no wrapping of run names); a terminal keeps its own width.
+    out = Console(highlight=False, width=None if sys.stdout.isatty() else 170)
     t0 = time.monotonic()
-    prepare_assets(args.root, out)
+    grids = [args.grids_dir / name for name in GRID_FILES]
+    prepare_assets(args.root or args.grids_dir.resolve().parent / "demo_runs", out)
     if args.prepare_only:
         return 0
     info = devcluster.start()
     out.print(f"local Slurm cluster up: nodes {', '.join(info.nodes)}, partitions {', '.join(info.partitions)}")
     ok = False
     try:
-        for grid in GRIDS:
-            out.rule(f"submit {grid.relative_to(REPO)}")
+        for grid in grids:
+            out.rule(f"submit {grid}")
             submission.submit(grid, out=out.print)
-        preempt_halfway(PREEMPTED_GRID, out, timeout_s=240)
-        ok = wait_all(GRIDS, out, timeout_s=max(60.0, args.timeout - (time.monotonic() - t0)))
-        for grid in GRIDS:
+        preempt_halfway(grids[1], out, timeout_s=240)
+        ok = wait_all(grids, out, timeout_s=max(60.0, args.timeout - (time.monotonic() - t0)))
+        for grid in grids:
             spec = load_grid(grid)
             rows = [report.read_row(r.run_dir, r.config.to_dict()) for r in expand(spec)]
             out.print(report.format_text(rows, title=f"results: {spec.name}", ansi=out.is_terminal))
-        grid_dir = load_grid(GRIDS[0]).grid_dir
-        out.print(f"TensorBoard for the grid:  python submit.py tensorboard {grid_dir.relative_to(REPO)}")
+        grid_dir = load_grid(grids[0]).grid_dir
+        shown = grid_dir.relative_to(REPO) if grid_dir.is_relative_to(REPO) else grid_dir
+        out.print(f"TensorBoard for the grid:  python submit.py tensorboard {shown}")
         out.print(f"run folders kept under {grid_dir.parent}; demo took {time.monotonic() - t0:.0f} s")
     finally:
         if not args.keep_cluster:

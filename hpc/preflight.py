@@ -198,7 +198,8 @@ def _source_problem(field: str, value: str, revision: str | None, env: dict[str,
             return None
         kind, cli = "dataset", f"huggingface-cli download --repo-type dataset {value}"
     return (f"hub {kind} {value!r} is not in the local cache {cache} and the job runs offline (HF_HUB_OFFLINE=1); "
-            f"download it first on a node with internet: HF_HOME={cache.parent} {cli}")
+            f"run `python submit.py prefetch GRID --cache {cache.parent}` on the login node first "
+            f"(or: HF_HOME={cache.parent} {cli})")
 
 
 # ---------------------------------------------------------------------------- output folder

@@ -133,6 +133,14 @@ def run(cfg: RunConfig, stop: Any) -> int:
     from vit_train.trainer import Trainer
 
     env = init_distributed(cfg.seed)
+    if env.on_cuda:
+        from hpc.kernels import kernel_cache_from_env, use_kernel_cache
+
+        # ColossalAI JIT-builds HybridAdam/fused kernels on first use; with a shared cache named by
+        # $VIT_TRAIN_KERNEL_CACHE one job builds (under a lock that cannot go stale), others reuse.
+        cache = kernel_cache_from_env()
+        if cache is not None:
+            use_kernel_cache(cache)
     try:
         cfg.check_world(env.world_size, env.device.type)
     except ConfigError as e:
