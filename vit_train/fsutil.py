@@ -11,7 +11,13 @@ DIR_MODE = 0o750
 
 
 def make_private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    """Create ``path`` and every missing parent with DIR_MODE (``mkdir(parents=True, mode=...)`` gives the
+    mode to the last component only: a checkpoint's ``.tmp-step-N/`` made as the parent of its ``rng/``
+    was world-readable). Existing folders keep their mode."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        p.mkdir(exist_ok=True, mode=DIR_MODE)
     return path
 
 
