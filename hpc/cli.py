@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("resume", help="resubmit unfinished runs (failed, cancelled, preempted, never submitted)")
     s.add_argument("grid", metavar="GRID", type=Path, help="grid YAML file")
-    s.add_argument("--failed", action="store_true", help="only runs whose phase is failed")
+    s.add_argument("--failed", action="store_true", help="only failed runs worth retrying (node failure, collective "
+                   "timeout, preemption, time limit); not out-of-memory or Python exceptions, which would repeat")
     _preflight_args(s)
 
     s = sub.add_parser("cancel", help="scancel the in-flight jobs of the grid's runs")

@@ -290,9 +290,14 @@ def parse_grid(data: Any, *, base_dir: Path, source: str = "<grid>", default_nam
         raise GridError(
             f"{source}: zip must be a list of mappings, e.g. - {{parallel.tp_size: [1, 2], parallel.pp_size: [2, 1]}}"
         )
+    try:
+        root = Path(output_root).expanduser()
+    except RuntimeError:  # "~someone" whose home directory does not exist here
+        raise GridError(f"{source}: output_root={output_root!r}: no such user's home directory; give an absolute path "
+                        "or one relative to the grid file") from None
     return GridSpec(
         name=data.get("name", default_name),
-        output_root=Path(os.path.normpath(base_dir / Path(output_root).expanduser())),
+        output_root=Path(os.path.normpath(base_dir / root)),
         profile=data["profile"],
         slurm=slurm,
         base=_flatten_base(base),

@@ -78,6 +78,7 @@ def check(spec: GridSpec, profile: SiteProfile, *, sbatch: bool = True, offline:
     """All checks; returns the expanded runs, or raises PreflightError listing every failure."""
     failures: list[Failure] = []
     runs = _expand_all(spec, failures)
+    failures += _check_array_size(len(runs), sbatch)
     for run in runs:  # expand() ran it already; kept so this module alone guarantees it
         try:
             run.config.check_world(spec.slurm.world_size, spec.slurm.device_type)
@@ -92,6 +93,22 @@ def check(spec: GridSpec, profile: SiteProfile, *, sbatch: bool = True, offline:
     if failures:
         raise PreflightError(spec.source, failures)
     return runs
+
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
+
+
+def _check_array_size(num_runs: int, sbatch: bool) -> list[Failure]:
+    """A grid is one job array: more runs than MaxArraySize would be refused by sbatch only at submit."""
+    limit = DEFAULT_MAX_ARRAY_SIZE
+    if sbatch:
+        proc = _run(["scontrol", "show", "config"])
+        m = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout if proc and proc.returncode == 0 else "", re.M)
+        limit = int(m.group(1)) if m else limit
+    if num_runs <= limit:
+        return []
+    return [Failure("grid", "grid", f"{num_runs} runs exceed this cluster's MaxArraySize={limit} (one job array per "
+                    f"grid); split the grid into files of at most {limit} runs")]
 
 
 # ---------------------------------------------------------------------------- configs
@@ -173,7 +190,10 @@ def _check_sources(runs: Sequence[RunSpec], num_points: int, env: dict[str, str]
 
 def _source_problem(field: str, value: str, revision: str | None, env: dict[str, str], offline: bool) -> str | None:
     if _is_local(value):
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:
+            return f"{value}: no such user's home directory; give an absolute path or one relative to the grid file"
         if not path.is_dir():
             return f"local folder {value} does not exist; create it or fix the path (./ and ../ are relative to the grid file)"
         if field == "model.name" and not (path / "config.json").is_file():

@@ -273,6 +273,10 @@ class RunStatus:
     """Last eval accuracy ("acc 0.8125"), else last train loss ("loss 0.5312")."""
     failure: str = ""
     """Why a failed/cancelled/preempted run stopped: Slurm state, exit code, reason, last error line."""
+    failure_kind: str = ""
+    """For a failed run, hpc.triage's kind: out_of_memory, collective_timeout, node_failure, ..."""
+    retry: bool = False
+    """For a failed run: would a plain resubmission likely succeed (``resume --failed`` takes only these)."""
     run_dir: str = ""
 
 
@@ -309,6 +313,13 @@ def run_state(run_dir: str | Path, states: Mapping[str, SlurmJobState], now: flo
                      seconds_since_submit=since)
     attempts = read_attempts(run_dir)
     optim = config.get("optim") or {}
+    failure = (_failure(phase, sj, job_id, run_dir) if phase in ("cancelled", "preempted")
+               else f"waiting: {sj.reason}" if phase == "pending" and sj is not None and sj.reason not in NORMAL_WAITS
+               else "")
+    triage = _triage(sj, job_id, run_dir) if phase == "failed" else None
+    if triage is not None:
+        # Unclassified: Slurm's state, reason and the log's last error line say the most.
+        failure = _failure(phase, sj, job_id, run_dir) if triage.kind == "unknown" else f"{triage.kind}: {triage.detail}"
     total = progress.get("total_steps") or (config.get("resolved") or {}).get("total_steps")
     return RunStatus(
         name=record.name if record else run_dir.name,
@@ -323,8 +334,9 @@ def run_state(run_dir: str | Path, states: Mapping[str, SlurmJobState], now: flo
         total_steps=total,
         epoch=result.get("epochs", progress.get("epoch")),
         metric=_metric(result, run_dir, progress),
-        failure=_failure(phase, sj, job_id, run_dir) if phase in ("failed", "cancelled", "preempted")
-        else f"waiting: {sj.reason}" if phase == "pending" and sj is not None and sj.reason not in NORMAL_WAITS else "",
+        failure=failure,
+        failure_kind=triage.kind if triage else "",
+        retry=triage.retry if triage else False,
         run_dir=str(run_dir),
     )
 
@@ -341,6 +353,22 @@ def _metric(result: Mapping[str, Any], run_dir: Path, progress: Mapping[str, Any
 def stderr_path(run_dir: Path, job_id: str) -> Path:
     """submitit's stderr log of task 0 for this job: <grid_dir>/.submitit/<id>/<id>_0_log.err."""
     return Path(run_dir).parent / SUBMITIT_DIR / job_id / f"{job_id}_0_log.err"
+
+
+def _triage(sj: SlurmJobState | None, job_id: str | None, run_dir: Path) -> Any:
+    """Classify a failed run from Slurm's record and the tail of task 0's stderr (hpc.triage)."""
+    from hpc.triage import classify_failure
+
+    tail = ""
+    if job_id:
+        try:
+            with open(stderr_path(run_dir, job_id), "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(f.tell() - 64_000, 0))
+                tail = f.read().decode("utf-8", "replace")
+        except OSError:
+            pass
+    return classify_failure(sj.state if sj else None, sj.exit_code if sj else None, sj.reason if sj else None, tail)
 
 
 def _failure(phase: str, sj: SlurmJobState | None, job_id: str | None, run_dir: Path) -> str:

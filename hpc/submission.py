@@ -198,8 +198,10 @@ def read_statuses(run_dirs: Sequence[Path], configs: Sequence[dict[str, Any] | N
     return [runstate.run_state(d, states, config=c) for d, c in zip(run_dirs, cfgs)]
 
 
-def plan(runs: Sequence[RunSpec], *, force: bool = False, phases: Sequence[str] | None = None) -> list[Decision]:
-    """Decide per run; ``phases`` (resume --failed) narrows what is resubmitted."""
+def plan(runs: Sequence[RunSpec], *, force: bool = False, phases: Sequence[str] | None = None,
+         retryable_only: bool = False) -> list[Decision]:
+    """Decide per run; ``phases`` (resume --failed) narrows what is resubmitted, and ``retryable_only``
+    skips failures that a plain resubmission would repeat (out of memory, a Python exception)."""
     out = []
     for run, st in zip(runs, read_statuses([r.run_dir for r in runs], [r.config.to_dict() for r in runs])):
         if force:
@@ -210,6 +212,8 @@ def plan(runs: Sequence[RunSpec], *, force: bool = False, phases: Sequence[str] 
             out.append(Decision(run, st, False, f"skip (running as job {st.job_id}: {st.slurm_state or 'just submitted'})"))
         elif phases is not None and st.phase not in phases:
             out.append(Decision(run, st, False, f"skip ({st.phase})"))
+        elif retryable_only and st.phase == "failed" and not st.retry:
+            out.append(Decision(run, st, False, f"skip (failed, not worth retrying as is: {st.failure})"))
         else:
             out.append(Decision(run, st, True, "submit" if st.phase == "not_submitted" else f"submit ({st.phase})"))
     return out
@@ -263,11 +267,11 @@ class Outcome:
 
 def submit(grid: str | Path, *, dry_run: bool = False, force: bool = False, preflight_sbatch: bool = True,
            offline: bool = False, reason: str = "submit", phases: Sequence[str] | None = None,
-           out: Out = print) -> Outcome:
+           retryable_only: bool = False, out: Out = print) -> Outcome:
     """Preflight, then submit every run that needs it as one job array (see module docstring)."""
     spec, profile, runs = preflight.check_file(grid, sbatch=preflight_sbatch, offline=offline, out=out)
     if dry_run:
-        decisions = plan(runs, force=force, phases=phases)
+        decisions = plan(runs, force=force, phases=phases, retryable_only=retryable_only)
         for d in decisions:
             out(f"{d.run.name}  {d.why}\n    signature {d.run.signature}  point {d.run.point}")
         num_chosen = sum(d.submit for d in decisions)
@@ -277,7 +281,7 @@ def submit(grid: str | Path, *, dry_run: bool = False, force: bool = False, pref
         return Outcome(decisions, {}, script)
     with grid_lock(spec.grid_dir, out=out):
         _copy_grid(spec)
-        decisions = plan(runs, force=force, phases=phases)
+        decisions = plan(runs, force=force, phases=phases, retryable_only=retryable_only)
         chosen = [d for d in decisions if d.submit]
         if force:
             _start_over(chosen, out)
@@ -298,7 +302,8 @@ def resume(grid: str | Path, *, failed_only: bool = False, preflight_sbatch: boo
     """Resubmit runs that stopped unfinished (failed, cancelled, preempted and not requeued, never
     submitted); they continue from their newest complete checkpoint. Never finished or in-flight runs."""
     phases = ("failed",) if failed_only else ("failed", "cancelled", "preempted", "not_submitted")
-    return submit(grid, reason="resume", phases=phases, preflight_sbatch=preflight_sbatch, offline=offline, out=out)
+    return submit(grid, reason="resume", phases=phases, retryable_only=failed_only, preflight_sbatch=preflight_sbatch,
+                  offline=offline, out=out)
 
 
 def cancel(grid: str | Path, *, out: Out = print) -> list[str]:

@@ -132,9 +132,7 @@ CATALOG: dict[str, tuple[dict[str, Any] | str, list[str]]] = {
     "profile_unknown_key": ({"profile": "badkey"}, ["badkey.yaml: unknown key(s) ['modules']", "valid keys: description, setup, sbatch, env"]),
 }
 # Expected to be refused, but the preflight has no such check yet (see RELIABILITY.md, "Open gaps").
-NOT_CHECKED_YET = {
-    "array_over_max_array_size": "hpc.preflight does not compare the number of runs with Slurm's MaxArraySize",
-}
+NOT_CHECKED_YET: dict[str, str] = {}
 CATALOG["array_over_max_array_size"] = ({"grid": {"seed": list(range(MAX_ARRAY_SIZE + 1))}, "base": {}},
                                         ["MaxArraySize", "split the grid"])
 
@@ -190,7 +188,6 @@ def test_invalid_grid_is_refused_before_anything_is_written(case: str, grid_root
         reliability_report.record("bad_input", case=case, rejected=rejected)
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_CHECKED_YET["array_over_max_array_size"])
 def test_grid_larger_than_max_array_size_is_refused(grid_root: Path) -> None:
     """1002 runs cannot be one array under the default MaxArraySize=1001; sbatch would refuse it only at submit."""
     patch, expected = CATALOG["array_over_max_array_size"]
@@ -255,11 +252,7 @@ def test_checkpoint_of_another_transformers_major_is_refused(finished_run: Path,
 # Known bugs the fuzz finds (tests below are xfail(strict) until fixed): tolerated here so the fuzz keeps
 # looking for new ones. Remove an entry when its fix lands (its xfail test then fails, as a reminder).
 def _known_bug(e: BaseException) -> str | None:
-    if isinstance(e, ValueError) and "Out of range float values are not JSON compliant" in str(e):
-        return "non-finite optim.eps / optim.max_grad_norm pass validation and break run_signature"
-    if isinstance(e, RuntimeError) and "Could not determine home directory" in str(e):
-        return "output_root '~unknownuser' raises RuntimeError from Path.expanduser"
-    return None
+    return None  # no known bug left; add one here (with an xfail(strict) test) if the fuzz finds one
 
 
 KEYS = st.sampled_from([*GRID_KEYS, *valid_dotted_keys(), "model", "optim", "parallel", "slurm", "nodes",
@@ -333,14 +326,12 @@ def test_fuzz_load_grid_raises_only_config_errors(text: str) -> None:
     assert not Path("/tmp/pwned").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="vit_train/config.py: OptimConfig does not reject non-finite eps/max_grad_norm")
 @pytest.mark.parametrize("key", ["optim.eps", "optim.max_grad_norm"])
 def test_non_finite_float_fields_are_config_errors(key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         expand(parse_grid({"profile": "local", "base": {key: math.inf}}, base_dir=Path("/tmp"), default_name="g"))
 
 
-@pytest.mark.xfail(strict=True, reason="hpc/grid.py parse_grid: Path.expanduser of '~nosuchuser' raises RuntimeError")
 def test_output_root_of_unknown_user_is_a_grid_error() -> None:
     with pytest.raises(GridError, match="output_root"):
         parse_grid({"profile": "local", "output_root": "~nosuchuser_zz/runs"}, base_dir=Path("/tmp"), default_name="g")

@@ -257,11 +257,18 @@ def test_failed_run_shows_its_reason_and_resume_failed_only(stub_jobs: Any, tmp_
     sts = _wait_for(grid, lambda sts: all(s.phase in runstate.SETTLED for s in sts), "settled")
     by_lr = {s.lr: s for s in sts}
     assert by_lr[1e-3].phase == "finished" and by_lr[0.5].phase == "failed"
-    assert "FAILED exit 1:0" in by_lr[0.5].failure and "loss is nan at lr 0.5" in by_lr[0.5].failure
+    failed = by_lr[0.5]
+    assert failed.failure_kind == "python_exception" and not failed.retry
+    assert "loss is nan at lr 0.5" in failed.failure
     lines: list[str] = []
+    # A Python exception repeats on a plain resubmission: resume --failed leaves it (and says why) ...
     again = submission.resume(grid, failed_only=True, out=lines.append)
-    assert list(again.job_ids) == [by_lr[0.5].name]
+    assert again.job_ids == {}
+    assert any(line.startswith("skip (failed, not worth retrying") for line in lines), lines
     assert any(line.startswith("skip (finished)") for line in lines)
+    # ... while a plain resume resubmits every unfinished run, this one included.
+    again = submission.resume(grid, out=lines.append)
+    assert list(again.job_ids) == [failed.name]
 
 
 @pytest.mark.slurm

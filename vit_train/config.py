@@ -137,6 +137,11 @@ class OptimConfig:
             _fail("optim.optimizer", self.optimizer, f"use one of {', '.join(OPTIMIZERS)}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             _fail("optim.betas", self.betas, "use two values in [0, 1), e.g. [0.9, 0.999]")
+        for name in ("eps", "max_grad_norm", "weight_decay", "warmup_ratio"):
+            if not math.isfinite(getattr(self, name)):
+                _fail(f"optim.{name}", getattr(self, name), "use a finite number")
+        if not self.eps > 0:
+            _fail("optim.eps", self.eps, "use a small positive number such as 1e-8")
         if self.max_grad_norm < 0:
             _fail("optim.max_grad_norm", self.max_grad_norm, "use 0 (no clipping) or a positive norm")
 
