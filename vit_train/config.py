@@ -295,6 +295,9 @@ class RunConfig:
                 _fail("precision", "fp32", "gemini trains in fp16 or bf16 only; set precision: bf16")
             if o.optimizer != "hybrid_adam":
                 _fail("optim.optimizer", o.optimizer, "gemini needs optimizer 'hybrid_adam' (it shards ColossalAI's HybridAdam)")
+        if self.model.compile and (p.plugin == "gemini" or p.pp_size > 1):
+            _fail("model.compile", True, "is not supported with gemini or pp_size > 1 (their wrappers re-enter the "
+                  "model's forward per chunk/stage); set model.compile: false")
         if p.plugin == "hybrid_parallel" and p.zero_stage > 0 and self.precision == "fp32":
             _fail("precision", "fp32", "hybrid_parallel with zero_stage > 0 needs fp16 or bf16")
         if p.pp_size > 1 and p.num_microbatches is not None and o.batch_size % p.num_microbatches:
