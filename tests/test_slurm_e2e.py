@@ -30,6 +30,7 @@ from hpc import runstate, submission
 from hpc.cli import main as cli_main
 from hpc.job import TrainJob
 from hpc.runstate import SlurmJobState
+from tests.train_utils import child_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_GRID: dict[str, Any] = {
@@ -379,6 +380,20 @@ def test_e2e_two_node_run_survives_real_preemption(slurm_cluster: Any, tmp_path:
     nodes = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job, "-o", "NodeList"], capture_output=True, text=True,
                            check=True).stdout
     assert nodes.strip() == "n[1-2]"
+
+    # The same resolved config, uninterrupted, under torchrun on one host: the same result.
+    rec = runstate.read_run_record(run_dir)
+    assert rec is not None
+    ref = tmp_path / "torchrun_ref"
+    (tmp_path / "ref.yaml").write_text(yaml.safe_dump({**rec.config, "output_dir": str(ref)}))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port()}", "-m", "vit_train", "--config", str(tmp_path / "ref.yaml")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = json.loads((ref / "result.json").read_text())
+    assert expected["world_size"] == 2 and expected["steps"] == result["steps"]
+    for key in ("eval_accuracy", "eval_loss", "avg_train_loss"):
+        assert abs(result[key] - expected[key]) <= 1e-6, (key, result[key], expected[key])
 
 
 @pytest.mark.slurm
