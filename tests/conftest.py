@@ -30,7 +30,7 @@ def slurm_cluster():  # type: ignore[no-untyped-def]
     from hpc import devcluster
 
     if os.geteuid() != 0 or devcluster.missing_packages():
-        pytest.skip("needs root and the Slurm packages (python -m hpc.devcluster install)")
+        pytest.fail("needs root and the Slurm packages: run `make install` (python -m hpc.devcluster install) as root")
     was_running = devcluster.is_running()
     info = devcluster.start()
     yield info

@@ -15,14 +15,11 @@ import os
 import socket
 import subprocess
 import sys
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.skipif(find_spec("colossalai") is None or find_spec("transformers") is None,
-                                reason="needs colossalai and transformers")
 
 REPO = Path(__file__).resolve().parents[1]
 LR, WD, STEPS = 1e-3, 0.01, 2
