@@ -44,6 +44,9 @@ def prepare_assets(root: Path, out: Console) -> None:
     model = root / "models" / "tiny-vit"
     if not (model / "config.json").is_file():
         out.print(f"writing a tiny ViT (random weights, 1000-class head) to {model}")
+        import torch
+
+        torch.manual_seed(0)  # the same "pretrained" weights on every machine, so results repeat
         save_local_model("tiny", model, num_labels=1000)
 
 
