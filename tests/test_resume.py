@@ -118,3 +118,19 @@ def test_resume_tp2xpp2_to_ddp(tmp_path: Path, synthetic_dataset: Path, data_cac
     assert (out / "checkpoints" / "step-000009" / "COMPLETE.json").is_file(), first.stderr[-3000:]
     run_cli(base_args(synthetic_dataset, data_cache, out, **EPOCHS_2))
     _assert_same_run(ref, out, tol=1e-5, weight_tol=1e-4)
+
+
+def test_preemption_signal_during_evaluation(tmp_path: Path, synthetic_dataset: Path, data_cache: Path) -> None:
+    """A real SIGUSR2 arrives in the middle of the evaluation after step 12: the evaluation finishes,
+    the run checkpoints at step 12 and exits 3; the resumed run neither repeats nor loses that
+    evaluation and ends equal to an uninterrupted run."""
+    ref = _uninterrupted(tmp_path, synthetic_dataset, data_cache)
+    out = tmp_path / "usr2_in_eval"
+    args = base_args(synthetic_dataset, data_cache, out, **EPOCHS_2)
+    first = run_cli(args, env=child_env(VIT_TRAIN_FAULT="usr2@eval=12"), check=False)
+    assert first.returncode == 3, first.stderr[-3000:]
+    assert (out / "checkpoints" / "step-000012" / "COMPLETE.json").is_file()
+    run_cli(args, env=child_env(VIT_TRAIN_FAULT="usr2@eval=12"))
+    _assert_same_run(ref, out, tol=1e-6)
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if r["kind"] == "eval"] == [12, 24]

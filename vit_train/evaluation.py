@@ -37,6 +37,7 @@ def evaluate(tr: Any) -> tuple[dict[str, float], dict[str, Any]]:
         y = tr.eval_y[idx].to(dev, non_blocking=True)
         m = mask.to(dev)
         logits = _logits(tr, x, y)
+        tr.faults.in_eval(tr.state.step)
         if logits is None:
             continue
         losses = F.cross_entropy(logits.float(), y, reduction="none")

@@ -6,6 +6,8 @@
 - ``kill@step=K``     SIGKILL this process after step K (no warning, nothing saved)
 - ``kill@ckpt=POINT`` SIGKILL inside a checkpoint write, at POINT: ``after_model``,
   ``after_optimizer``, ``before_state``, ``before_marker``, ``before_rename``
+- ``usr2@eval=K``     send this process a real SIGUSR2 in the middle of the evaluation that follows
+  step K (what a preemption during evaluation looks like: the loop finishes the evaluation, then stops)
 - ``/rank=R`` limits a rule to one global rank (default: every rank)
 
 Each rule fires at most once per run folder (a marker file records it), so the resumed attempt,
@@ -40,8 +42,9 @@ def parse(spec: str) -> list[Rule]:
         head, _, rank = item.partition("/rank=")
         action, _, rest = head.partition("@")
         where, _, value = rest.partition("=")
-        if action not in ("stop", "kill") or where not in ("step", "ckpt") or not value:
-            raise ValueError(f"VIT_TRAIN_FAULT rule {item!r}: use stop@step=K, kill@step=K or kill@ckpt=POINT[/rank=R]")
+        if (action, where) not in (("stop", "step"), ("kill", "step"), ("kill", "ckpt"), ("usr2", "eval")) or not value:
+            raise ValueError(f"VIT_TRAIN_FAULT rule {item!r}: use stop@step=K, kill@step=K, kill@ckpt=POINT or "
+                             "usr2@eval=K [/rank=R]")
         if where == "ckpt" and value not in CKPT_POINTS:
             raise ValueError(f"VIT_TRAIN_FAULT rule {item!r}: checkpoint point must be one of {', '.join(CKPT_POINTS)}")
         rules.append(Rule(action, where, value, int(rank) if rank else None))
@@ -72,6 +75,11 @@ class Faults:
                 if r.action == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 self.stop_pending = True
+
+    def in_eval(self, step: int) -> None:
+        for r in self.rules:
+            if r.where == "eval" and int(r.value) == step and self._fire(r):
+                os.kill(os.getpid(), signal.SIGUSR2)
 
     def in_checkpoint(self, point: str) -> None:
         for r in self.rules:
