@@ -16,6 +16,7 @@ twice). The phase is a pure function, :func:`classify`, of the facts read here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -139,6 +140,8 @@ class SlurmJobState:
     elapsed: str = ""
     name: str = ""
     """Job name (submit uses the grid name): tells a reused job id from ours, see :func:`run_state`."""
+    previous: tuple[str, ...] = ()
+    """End states of earlier attempts of a requeued job (sacct -D), oldest first, e.g. ("NODE_FAIL",)."""
 
 
 def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str] | None:
@@ -191,7 +194,18 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, SlurmJobState]:
                  "--format=JobID,State,ExitCode,Reason,Elapsed,JobName"])
     if proc is None or proc.returncode != 0:
         return {}
-    return _parse_rows(proc.stdout, ("job_id", "state", "exit_code", "reason", "elapsed", "name"))
+    states = _parse_rows(proc.stdout, ("job_id", "state", "exit_code", "reason", "elapsed", "name"))
+    # Earlier attempts of requeued jobs (sacct -D lists every attempt): Slurm requeues a job whose node
+    # failed by itself, so the run looks pending again; status should still say why it restarted.
+    dup = _run(["sacct", "-n", "-P", "-X", "-D", "-j", ",".join(parents), "--format=JobID,State"])
+    failed_before: dict[str, list[str]] = {}
+    for line in (dup.stdout.splitlines() if dup is not None and dup.returncode == 0 else []):
+        jid, _, state = line.partition("|")
+        word = (state.split() or [""])[0]
+        if word in ATTEMPT_FAILURES:
+            for j in _expand_array_id(jid.strip()):
+                failed_before.setdefault(j, []).append(word)
+    return {j: dataclasses.replace(st, previous=tuple(failed_before.get(j, ()))) for j, st in states.items()}
 
 
 def squeue_states(job_ids: Iterable[str]) -> dict[str, SlurmJobState]:
@@ -205,6 +219,9 @@ def squeue_states(job_ids: Iterable[str]) -> dict[str, SlurmJobState]:
     return _parse_rows(proc.stdout, ("job_id", "state", "reason", "elapsed", "name"))
 
 
+ATTEMPT_FAILURES = ("NODE_FAIL", "BOOT_FAIL", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "PREEMPTED")
+
+
 def slurm_states(job_ids: Iterable[str]) -> dict[str, SlurmJobState]:
     """squeue's state (current) over sacct's (may lag), with sacct's exit code; {} if neither answers."""
     ids = list(job_ids)
@@ -213,7 +230,7 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, SlurmJobState]:
     for jid, st in live.items():
         old = acct.get(jid)
         merged[jid] = SlurmJobState(jid, st.state, old.exit_code if old else "", st.reason or (old.reason if old else ""),
-                                    st.elapsed, st.name)
+                                    st.elapsed, st.name, old.previous if old else ())
     return merged
 
 
@@ -316,6 +333,8 @@ def run_state(run_dir: str | Path, states: Mapping[str, SlurmJobState], now: flo
     failure = (_failure(phase, sj, job_id, run_dir) if phase in ("cancelled", "preempted")
                else f"waiting: {sj.reason}" if phase == "pending" and sj is not None and sj.reason not in NORMAL_WAITS
                else "")
+    if phase in ("pending", "running") and sj is not None and sj.previous:
+        failure = "; ".join(x for x in (f"requeued by Slurm after {', '.join(sj.previous)}", failure) if x)
     triage = _triage(sj, job_id, run_dir) if phase == "failed" else None
     if triage is not None:
         # Unclassified: Slurm's state, reason and the log's last error line say the most.
