@@ -162,6 +162,7 @@ class Trainer:
         }
 
     def _resume(self) -> None:
+        self._saved_step: int | None = None
         path = self.ckpt.latest()
         if path is None:
             return
@@ -172,6 +173,7 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         loop = saved["loop"]
         self.state = LoopState(**{**loop, "restarts": loop.get("restarts", 0) + 1})
+        self._saved_step = self.state.step
         log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", path, self.state.step,
                  self.state.epoch, self.state.step_in_epoch)
 
@@ -315,7 +317,9 @@ class Trainer:
             "versions": library_versions(),
             "layout": {"plugin": self.cfg.parallel.plugin, "tp": self.cfg.parallel.tp_size, "pp": self.cfg.parallel.pp_size},
         }
-        return self.ckpt.save(self.state.step, self.booster, self.model, self.optimizer, state)
+        path = self.ckpt.save(self.state.step, self.booster, self.model, self.optimizer, state)
+        self._saved_step = self.state.step
+        return path
 
     def _should_stop(self) -> bool:
         local = self.stop_requested() or self.faults.stop_pending
@@ -327,8 +331,8 @@ class Trainer:
         st = self.state
         if not st.last_eval:
             self.maybe_evaluate(epoch_done=True)
-        final = self.ckpt.latest()
-        if final is None or not final.name.endswith(f"{st.step:06d}"):
+        # Known without re-reading (and re-hashing) the checkpoint folder: saved or resumed at this step?
+        if self._saved_step != st.step:
             self.save_checkpoint()
         if self.cfg.checkpoint.export_hf:
             export_hf_model(self, self.run_dir / "final_model")
