@@ -37,7 +37,10 @@ def _assert_same_run(a: Path, b: Path, tol: float, weight_tol: float | None = No
         assert abs(x["loss"] - y["loss"]) <= tol, f"step {x['step']}: {x['loss']} vs {y['loss']}"
     wa, wb = _final_weights(a), _final_weights(b)
     assert wa.keys() == wb.keys()
-    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    # An attention key bias adds q.b to every score of a query alike, which softmax ignores: its true
+    # gradient is zero, its computed one pure rounding noise that Adam scales up to lr-sized steps. It
+    # carries no information about the run, so it is left out of the comparison.
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa if not k.endswith("attention.key.bias"))
     assert worst <= (weight_tol or tol), f"final weights differ by {worst}"
     res_a = json.loads((a / "result.json").read_text())
     res_b = json.loads((b / "result.json").read_text())

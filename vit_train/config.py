@@ -48,6 +48,10 @@ class ModelConfig:
     """Attention kernel for transformers ViT: "sdpa" (fused, fast on GPU) or "eager"."""
     compile: bool = False
     """torch.compile the model's forward/backward (GPU speed; the first steps pay the compile time)."""
+    fast_forwards: bool = True
+    """One Q/K/V product per attention layer and the patch embedding as one product
+    (vit_train.fast_vit): same parameters and maths, ~10% more images/s on an H100. Not applied
+    under tensor parallelism (sharded Q/K/V) or Gemini (parameter hooks)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -254,6 +258,7 @@ NON_SEMANTIC = {
     "data.cache_dir",
     "data.num_workers",
     "model.compile",
+    "model.fast_forwards",
     "checkpoint.every_n_steps",
     "checkpoint.keep_last",
     "checkpoint.export_hf",

@@ -137,6 +137,11 @@ def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
         applied = apply_cpu_compat()
         if applied:
             log.info("ColossalAI CPU compatibility fixes applied: %s", ", ".join(applied))
+    if cfg.parallel.plugin == "low_level_zero" or (cfg.parallel.plugin == "hybrid_parallel" and cfg.parallel.zero_stage > 0):
+        from vit_train.zero_buckets import apply_zero_bucket_fix
+
+        # The decay/no-decay parameter groups would otherwise end a gradient bucket at every parameter.
+        apply_zero_bucket_fix()
     return _FACTORIES[cfg.parallel.plugin](cfg, on_cuda)
 
 

@@ -91,6 +91,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same head init on every rank and every layout
         model = build_model(cfg.model, self.class_names)
         self.model_config = model.config
+        if self._use_fast_forwards():
+            from vit_train.fast_vit import apply_fast_forwards
+
+            apply_fast_forwards(model)
         lap("model")
         self.plugin = build_plugin(cfg, env.on_cuda)
         self.booster = build_booster(cfg, self.plugin, env.on_cuda)
@@ -139,6 +143,12 @@ class Trainer:
             self.tracker.info(
                 f"optim.lr_scaling={cfg.optim.lr_scaling}: lr {cfg.optim.lr:g} -> {self.lr:g} for data-parallel size {self.layout.dp_size}"
             )
+
+    def _use_fast_forwards(self) -> bool:
+        """Tensor parallelism replaces Q/K/V with sharded layers whose forward carries the
+        communication, and Gemini hooks every parameter op: both keep transformers' forwards."""
+        p = self.cfg.parallel
+        return self.cfg.model.fast_forwards and p.tp_size == 1 and p.plugin != "gemini"
 
     def _compile(self) -> None:
         """torch.compile the model in place (``nn.Module.compile``: parameter names and therefore

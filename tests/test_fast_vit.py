@@ -1,0 +1,68 @@
+"""vit_train.fast_vit: the rewritten ViT forwards compute what transformers' forwards compute.
+
+Real transformers ViT (a small config, fp32, CPU): outputs, losses and every parameter gradient of
+a model with the fast forwards bound equal the stock model's; parameter names are unchanged; the
+cases the rewrites do not cover go to the original forwards.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vit_train.config import ModelConfig
+from vit_train.fast_vit import apply_fast_forwards
+from vit_train.model import build_model
+
+
+def _pair(**cfg: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    stock = build_model(ModelConfig(name="tiny", **cfg), ["a", "b", "c"])
+    fast = copy.deepcopy(stock)
+    assert apply_fast_forwards(fast) == stock.config.num_hidden_layers + 1  # attention per layer + patch embedding
+    return stock, fast
+
+
+def _batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(6, 3, size, size, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_same_outputs_and_gradients(train: bool) -> None:
+    stock, fast = _pair()
+    x, y = _batch(stock.config.image_size)
+    for m in (stock, fast):
+        m.train(train)
+        out = m(pixel_values=x, labels=y)
+        out.loss.backward()
+        m.logits_ = out.logits.detach()
+    assert torch.allclose(stock.logits_, fast.logits_, atol=1e-5, rtol=0)
+    assert [n for n, _ in stock.named_parameters()] == [n for n, _ in fast.named_parameters()]
+    assert list(stock.state_dict()) == list(fast.state_dict())
+    for (name, a), (_, b) in zip(stock.named_parameters(), fast.named_parameters()):
+        assert a.grad is not None and b.grad is not None, name
+        assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
+    # the comparison is not vacuous: gradients are non-zero where Q/K/V and the patch embedding sit
+    q = fast.vit.encoder.layer[0].attention.attention.query.weight.grad
+    assert q.abs().max() > 1e-6 and fast.vit.embeddings.patch_embeddings.projection.weight.grad.abs().max() > 1e-6
+
+
+def test_uncovered_cases_use_the_stock_forwards() -> None:
+    stock, fast = _pair()
+    x, _ = _batch(stock.config.image_size)
+    stock.eval(), fast.eval()
+    with torch.no_grad():
+        a = stock(pixel_values=x, output_attentions=True)
+        b = fast(pixel_values=x, output_attentions=True)
+        assert len(b.attentions) == stock.config.num_hidden_layers
+        assert torch.allclose(a.attentions[0], b.attentions[0], atol=1e-6)
+        # another resolution: the stock forward interpolates the position embeddings
+        big = torch.randn(2, 3, 2 * stock.config.image_size, 2 * stock.config.image_size)
+        a = stock(pixel_values=big, interpolate_pos_encoding=True).logits
+        b = fast(pixel_values=big, interpolate_pos_encoding=True).logits
+        assert torch.allclose(a, b, atol=1e-5)
+        with pytest.raises(ValueError, match="doesn't match model"):
+            fast(pixel_values=big)
