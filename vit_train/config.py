@@ -50,7 +50,7 @@ class ModelConfig:
     """torch.compile the model's forward/backward (GPU speed; the first steps pay the compile time)."""
     fast_forwards: bool = True
     """One Q/K/V product per attention layer and the patch embedding as one product
-    (vit_train.fast_vit): same parameters and maths, ~10% more images/s on an H100. Not applied
+    (vit_train.fast_vit): same parameters and maths, a tenth more images/s on an H100. Not applied
     under tensor parallelism (sharded Q/K/V) or Gemini (parameter hooks)."""
 
     def __post_init__(self) -> None:
