@@ -67,9 +67,6 @@ def _compile_counters() -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------- the project
 def _trainer_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str, Any]]:
-    from vit_train.startup import skip_unused_imports
-
-    skip_unused_imports()  # as vit_train.cli.run does first
     import colossalai.booster  # noqa: F401  (timed on its own: the largest import)
 
     from vit_train.config import RunConfig

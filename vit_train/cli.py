@@ -129,9 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(cfg: RunConfig, stop: Any) -> int:
     """Build and run one training; returns the process exit code (the caller exits)."""
-    from vit_train.startup import skip_unused_imports
-
-    skip_unused_imports()  # before anything imports transformers' models
     from vit_train.distributed import init_distributed
     from vit_train.trainer import Trainer
 
