@@ -10,6 +10,7 @@ cannot be reached here.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import shutil
 import subprocess
@@ -221,6 +222,38 @@ def test_cache_built_once_and_keyed_by_processor(small_ds: Path, tmp_path: Path,
     assert fewer.built and fewer.cache_path not in (first.cache_path, other.cache_path) and len(fewer.train) == 5
     meta = json.loads((first.cache_path / "meta.json").read_text())
     assert meta["class_names"] == CLASS_NAMES and meta["key_material"]["processor"] == processor_settings(processor)
+
+
+@pytest.mark.parametrize("damage", ["truncate_train", "garbage_eval_header", "meta_not_json", "meta_wrong_count"])
+def test_damaged_cache_is_rebuilt(small_ds: Path, tmp_path: Path, processor, damage: str, caplog) -> None:
+    """A cache folder damaged after it was completed (disk full, a copy cut short, a hand edit) is
+    detected at open and rebuilt under the lock, instead of failing every run that uses it."""
+    cfg = DataConfig(dataset=str(small_ds), cache_dir=str(tmp_path))
+    good = prepare(cfg, processor)
+    expected = [t.clone() for t in (*good.train.tensors(), *good.eval.tensors())]
+    folder = good.cache_path
+    del good
+    if damage == "truncate_train":
+        f = folder / "train.safetensors"
+        f.write_bytes(f.read_bytes()[:-100])
+    elif damage == "garbage_eval_header":
+        f = folder / "eval.safetensors"
+        data = bytearray(f.read_bytes())
+        data[8:16] = b"\x00garbage"
+        f.write_bytes(bytes(data))
+    elif damage == "meta_not_json":
+        (folder / "meta.json").write_text("{ not json")
+    else:
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["num_samples"]["train"] += 1
+        (folder / "meta.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="vit_train.data"):
+        again = prepare(cfg, processor)
+    assert again.built and again.cache_path == folder
+    assert "damaged, rebuilding" in caplog.text
+    got = [*again.train.tensors(), *again.eval.tensors()]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert not prepare(cfg, processor).built  # the rebuilt cache is read as it is from then on
 
 
 def test_float16_storage_loses_nothing(small_ds: Path, tmp_path: Path, processor) -> None:

@@ -15,6 +15,9 @@ Cache layout (root = ``data.cache_dir``, else ``$VIT_TRAIN_CACHE``, else ``~/.ca
     <root>/prepared/<dataset-slug>-<key>.lock  flock: the one builder holds it, the others wait
     <root>/prepared/.tmp-<dataset-slug>-<key>-<pid>-<rand>/   a build in progress
 
+A complete folder that was damaged later (a file cut short or overwritten) fails the structural
+check at open (header, sizes, sample counts against meta.json) and is rebuilt under the lock.
+
 float16 storage: the PIL resize path yields 8-bit pixels, so each channel holds at most 256 levels
 spaced 2/255 (mean/std 0.5) or about 1/255/std apart; float16's rounding error (at most 2^-11
 relative, under 1e-3 for |x| < 4) is ~8x below half that spacing, so distinct levels stay distinct
@@ -174,22 +177,41 @@ def _slug(dataset: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- tensors
+class CorruptCacheError(ValueError):
+    """A cache file that cannot be what the builder wrote (truncated, overwritten, unparsable)."""
+
+
 def _mmap_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Memory-map a safetensors file copy-on-write: no read at open, pages shared by every process
     on the node through the page cache, and writable tensors (torch warns on read-only arrays) whose
-    writes never reach the file."""
+    writes never reach the file. The header and the file size are checked (no hashing: that would
+    read the whole split at every start); a mismatch raises :class:`CorruptCacheError`."""
     dtypes = {"F16": np.float16, "F32": np.float32, "I64": np.int64}
-    with open(path, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_size))
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, _ = info["data_offsets"]
-        offset = 8 + header_size + start
-        arr = np.memmap(path, dtype=dtypes[info["dtype"]], mode="c", offset=offset, shape=tuple(info["shape"]))
-        out[name] = torch.from_numpy(arr)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            if 8 + header_size > size:
+                raise ValueError(f"header of {header_size} bytes in a file of {size}")
+            header = json.loads(f.read(header_size))
+        out, data_end = {}, 0
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            dtype = np.dtype(dtypes[info["dtype"]])
+            shape = tuple(info["shape"])
+            if end - start != dtype.itemsize * int(np.prod(shape)):
+                raise ValueError(f"{name}: offsets {start}..{end} do not hold {shape} {info['dtype']}")
+            data_end = max(data_end, end)
+            arr = np.memmap(path, dtype=dtype, mode="c", offset=8 + header_size + start, shape=shape)
+            out[name] = torch.from_numpy(arr)
+        if 8 + header_size + data_end != size:
+            raise ValueError(f"{size} bytes, the header describes {8 + header_size + data_end}")
+        if set(out) != {"pixel_values", "labels"}:
+            raise ValueError(f"tensors {sorted(out)}, expected pixel_values and labels")
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise CorruptCacheError(f"{path}: {e}") from e
     return out
 
 
@@ -339,16 +361,23 @@ def prepare(cfg: DataConfig, processor: Any) -> PreparedData:
     key = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = cache_root(cfg)
     final = root / f"{_slug(cfg.dataset)}-{key}"
-    if not _is_complete(final):
-        root.mkdir(parents=True, exist_ok=True)
-        lock = _acquire(root / f"{final.name}.lock", final)
+    if _is_complete(final):
         try:
-            if not _is_complete(final):  # it may have been completed while we waited
-                _build(final, splits, cols, processor, cfg, material, key)
-                return _open(final, built=True)
-        finally:
-            lock.release()
-    return _open(final, built=False)
+            return _open(final, built=False)
+        except CorruptCacheError as e:
+            logger.warning("pre-processed cache is damaged, rebuilding it: %s", e)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = _acquire(root / f"{final.name}.lock", final)
+    try:
+        if _is_complete(final):  # completed (or rebuilt) by another process while we waited
+            try:
+                return _open(final, built=False)
+            except CorruptCacheError:
+                pass  # still the damaged one: we hold the lock, _build removes it
+        _build(final, splits, cols, processor, cfg, material, key)
+        return _open(final, built=True)
+    finally:
+        lock.release()
 
 
 def _build(
@@ -391,11 +420,13 @@ def _build(
 
 
 def _open(folder: Path, built: bool) -> PreparedData:
-    meta = json.loads((folder / "meta.json").read_text())
-    return PreparedData(
-        train=TensorSplit(folder / "train.safetensors"),
-        eval=TensorSplit(folder / "eval.safetensors"),
-        class_names=list(meta["class_names"]),
-        cache_path=folder,
-        built=built,
-    )
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        class_names, sizes = list(meta["class_names"]), meta["num_samples"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCacheError(f"{folder / 'meta.json'}: {e}") from e
+    train, evaluation = TensorSplit(folder / "train.safetensors"), TensorSplit(folder / "eval.safetensors")
+    for role, split in (("train", train), ("eval", evaluation)):
+        if len(split) != sizes.get(role) or split.pixel_values.shape[0] != len(split):
+            raise CorruptCacheError(f"{split.path}: {len(split)} samples, meta.json records {sizes.get(role)}")
+    return PreparedData(train=train, eval=evaluation, class_names=class_names, cache_path=folder, built=built)
