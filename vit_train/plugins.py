@@ -8,6 +8,7 @@ tensor-parallel group that should count evaluation samples.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -137,11 +138,18 @@ def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
         applied = apply_cpu_compat()
         if applied:
             log.info("ColossalAI CPU compatibility fixes applied: %s", ", ".join(applied))
-    if cfg.parallel.plugin == "low_level_zero" or (cfg.parallel.plugin == "hybrid_parallel" and cfg.parallel.zero_stage > 0):
+    if os.environ.get("VIT_TRAIN_COLOSSALAI_AS_SHIPPED") == "1":
+        log.info("VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: ColossalAI's optimizers run without vit_train's speed fixes")
+    elif cfg.parallel.plugin == "low_level_zero" or (cfg.parallel.plugin == "hybrid_parallel" and cfg.parallel.zero_stage > 0):
         from vit_train.zero_buckets import apply_zero_bucket_fix
 
         # The decay/no-decay parameter groups would otherwise end a gradient bucket at every parameter.
         apply_zero_bucket_fix()
+    elif cfg.parallel.plugin == "hybrid_parallel" and cfg.parallel.zero_stage == 0:
+        from vit_train.amp_loops import apply_amp_loop_fix
+
+        # bf16/fp16 master-weight steps with all-parameter kernels instead of three per-parameter loops.
+        apply_amp_loop_fix()
     return _FACTORIES[cfg.parallel.plugin](cfg, on_cuda)
 
 

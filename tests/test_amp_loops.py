@@ -1,0 +1,121 @@
+"""vit_train.amp_loops: ColossalAI's mixed-precision optimizer steps with all-parameter kernels and
+trains bit-identically to the stock per-parameter loops.
+
+A child under ``torchrun --nproc_per_node 2`` (gloo, CPU) trains a tiny ViT in bf16 through
+HybridParallelPlugin (tp=1, dp=2 and tp=2: the gradient norm then spans the TP group) with gradient
+clipping that engages, weight decay groups and several steps, first with ColossalAI's loops, then with
+the fix, from the same initial weights on the same batches. Every bf16 working weight and every fp32
+master weight must be equal bit for bit, and the clipping must have scaled the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 3
+
+
+def test_fix_is_bit_identical_to_colossalai_loops() -> None:
+    from tests.train_utils import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", __file__]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_RESULT ")]
+    assert len(lines) == 1, out[-6000:]
+    r = json.loads(lines[0][len("CHILD_RESULT "):])
+    assert r["applied"]
+    for layout in ("tp1", "tp2"):
+        res = r[layout]
+        assert res["clipped_every_step"], res  # the scaling path ran
+        assert res["moved"] > 1e-3, res  # the weights trained
+        assert res["working_mismatches"] == [] and res["master_mismatches"] == [], res
+        assert res["n_params"] > 10
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def _model() -> Any:
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               intermediate_size=64, image_size=32, patch_size=8, num_labels=4))
+
+
+def _train(tp: int) -> tuple[dict[str, Any], dict[str, Any], list[float], float]:
+    import torch
+    from colossalai.booster import Booster
+    from colossalai.booster.plugin import HybridParallelPlugin
+
+    plugin = HybridParallelPlugin(tp_size=tp, pp_size=1, precision="bf16", zero_stage=0, max_norm=0.05)
+    booster = Booster(plugin=plugin)
+    model = _model()
+    init = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    params = [p for p in model.parameters()]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": 0.5},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    model, opt, *_ = booster.boost(model, torch.optim.AdamW(groups, lr=1e-2))
+    g = torch.Generator().manual_seed(1)
+    norms = []
+    for _ in range(STEPS):
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
+        booster.backward(model(pixel_values=x.bfloat16(), labels=y).loss, opt)
+        opt.step()
+        norms.append(float(opt.get_grad_norm()))
+        opt.zero_grad()
+    working = {n: p.detach().clone() for n, p in model.unwrap().named_parameters()}
+    masters = {n: opt.working_to_master_map[p].detach().clone() for n, p in model.unwrap().named_parameters()}
+    moved = max((working[n].float() - init[n][tuple(slice(0, s) for s in working[n].shape)]).abs().max().item()
+                for n in working)
+    return working, masters, norms, moved
+
+
+def _child() -> dict[str, Any]:
+    import colossalai
+    import torch
+
+    from vit_train.amp_loops import apply_amp_loop_fix
+    from vit_train.cpu_compat import apply_cpu_compat
+
+    colossalai.launch_from_torch(seed=0)
+    apply_cpu_compat()
+    stock = {tp: _train(tp) for tp in (1, 2)}
+    res: dict[str, Any] = {"applied": apply_amp_loop_fix()}
+    for tp in (1, 2):
+        working, masters, norms, moved = _train(tp)
+        w0, m0, n0, _ = stock[tp]
+        res[f"tp{tp}"] = {
+            "n_params": len(working),
+            "working_mismatches": [n for n in w0 if not torch.equal(w0[n], working[n])],
+            "master_mismatches": [n for n in m0 if not torch.equal(m0[n], masters[n])],
+            "clipped_every_step": all(n > 0.05 for n in n0) and norms == n0,
+            "moved": moved,
+        }
+    return res
+
+
+if __name__ == "__main__":
+    from vit_train.shutdown import clean_exit
+
+    try:
+        result = _child()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("CHILD_RESULT " + json.dumps(result), flush=True)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        clean_exit(1)
+    clean_exit(0)
