@@ -5,7 +5,9 @@ zero_stage >= 1) reduces a bucket of gradients whenever it is full *or* when the
 belongs to another optimizer parameter group. The usual fine-tuning groups (weight decay on
 matrices, none on biases and LayerNorm) alternate parameter by parameter in backward order, so
 every gradient ends the bucket: ViT-B/16 ran ~150 flatten + reduce-scatter + bookkeeping rounds per
-step instead of ~8, and on one H100 a step spent ~40 ms of host time on them (see BENCHMARKS.md).
+step instead of ~8. On one GPU their host work hides behind the backward still running on the GPU (an
+A/B on one H100 measured no throughput change, BENCHMARKS.md); between GPUs each round is a collective,
+and with ``overlap_communication`` the point is to overlap a few large ones, not ~150 small ones.
 
 The bucket itself does not need one group: only the gradient store, which files each reduced
 gradient slice under ``group_id``, does. This module changes two methods:
