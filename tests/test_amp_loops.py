@@ -10,29 +10,16 @@ master weight must be equal bit for bit, and the clipping must have scaled the g
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 
 
 def test_fix_is_bit_identical_to_colossalai_loops() -> None:
-    from tests.train_utils import free_port
+    from tests.train_utils import run_torchrun_child
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", __file__]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_RESULT ")]
-    assert len(lines) == 1, out[-6000:]
-    r = json.loads(lines[0][len("CHILD_RESULT "):])
+    r = run_torchrun_child(Path(__file__), nproc=2, timeout=240)
     assert r["applied"]
     for layout in ("tp1", "tp2"):
         res = r[layout]
@@ -107,15 +94,6 @@ def _child() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from vit_train.shutdown import clean_exit
+    from tests.train_utils import child_main
 
-    try:
-        result = _child()
-        if int(os.environ.get("RANK", "0")) == 0:
-            print("CHILD_RESULT " + json.dumps(result), flush=True)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        clean_exit(1)
-    clean_exit(0)
+    child_main(_child)

@@ -12,30 +12,17 @@ should not be. The counts show the fix does what it is for.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
 LR, WD, STEPS, EPS = 1e-2, 0.5, 3, 1e-3
 PARAM_TOL = 1e-5
 
 
 def test_zero_buckets_span_groups_and_train_the_same() -> None:
-    from tests.train_utils import free_port
+    from tests.train_utils import run_torchrun_child
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", __file__]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_RESULT ")]
-    assert len(lines) == 1, out[-6000:]
-    r = json.loads(lines[0][len("CHILD_RESULT "):])
+    r = run_torchrun_child(Path(__file__), nproc=2, timeout=180)
 
     assert r["group_switches_in_backward"] >= 10  # the tiny ViT's groups alternate in backward order
     # Stage 2 reduces from per-parameter gradient hooks (as both stages do with overlap_communication,
@@ -162,15 +149,6 @@ def _child() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from vit_train.shutdown import clean_exit
+    from tests.train_utils import child_main
 
-    try:
-        result = _child()
-        if int(os.environ.get("RANK", "0")) == 0:
-            print("CHILD_RESULT " + json.dumps(result), flush=True)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        clean_exit(1)
-    clean_exit(0)
+    child_main(_child)

@@ -73,3 +73,35 @@ def base_args(dataset: Path, cache: Path, out: Path, **over: Any) -> list[str]:
     for k, v in opts.items():
         args += [f"--{k}", str(v)]
     return args
+
+
+def run_torchrun_child(script: Path, nproc: int, timeout: float) -> dict[str, Any]:
+    """Run a test file as its own ``torchrun`` job on CPU (gloo) and return the JSON of the one
+    ``CHILD_RESULT`` line its rank 0 prints (see :func:`child_main`); fails with the output otherwise."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_RESULT ")]
+    assert len(lines) == 1, out[-6000:]
+    result: dict[str, Any] = json.loads(lines[0][len("CHILD_RESULT "):])
+    return result
+
+
+def child_main(body: Any) -> None:
+    """The child side of :func:`run_torchrun_child`: rank 0 prints ``CHILD_RESULT <json of body()>``;
+    every rank leaves through clean_exit (1 after printing the traceback of a failure)."""
+    from vit_train.shutdown import clean_exit
+
+    try:
+        result = body()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("CHILD_RESULT " + json.dumps(result), flush=True)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        clean_exit(1)
+    clean_exit(0)

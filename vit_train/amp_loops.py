@@ -16,15 +16,11 @@ and without it gives bit-identical weights. Applied only to the ColossalAI versi
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
-
-_VERSION = "0.5.0"
-_applied = False
+from vit_train.colossal_patch import patch_once
 
 
 def _cast_gradients(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -74,16 +70,7 @@ def _unscale_and_clip_grads(self: Any, total_norm: float) -> None:
 
 def apply_amp_loop_fix() -> bool:
     """Patch ``MixedPrecisionOptimizer`` once per process; False if this ColossalAI is another version."""
-    global _applied
-    if _applied:
-        return True
-    import colossalai
     from colossalai.amp.naive_amp.mixed_precision_optimizer import MixedPrecisionOptimizer
 
-    if colossalai.__version__ != _VERSION:
-        log.warning("colossalai %s: mixed-precision loop fix written for %s, not applied", colossalai.__version__, _VERSION)
-        return False
-    MixedPrecisionOptimizer.step = _step
-    MixedPrecisionOptimizer._unscale_and_clip_grads = _unscale_and_clip_grads
-    _applied = True
-    return True
+    return patch_once("mixed-precision loop fix", MixedPrecisionOptimizer,
+                      lambda: {"step": _step, "_unscale_and_clip_grads": _unscale_and_clip_grads})

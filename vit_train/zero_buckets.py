@@ -23,13 +23,9 @@ weight decay equal to DDP on the same data). Applied only to the version it was 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-log = logging.getLogger(__name__)
-
-_VERSION = "0.5.0"
-_applied = False
+from vit_train.colossal_patch import patch_once
 
 
 def _group_of(opt: Any, param_id: int) -> int:
@@ -42,27 +38,20 @@ def _group_of(opt: Any, param_id: int) -> int:
 
 def apply_zero_bucket_fix() -> bool:
     """Patch ``LowLevelZeroOptimizer`` once per process; False if this ColossalAI is another version."""
-    global _applied
-    if _applied:
-        return True
-    import colossalai
     from colossalai.zero.low_level.low_level_optim import LowLevelZeroOptimizer
 
-    if colossalai.__version__ != _VERSION:
-        log.warning("colossalai %s: ZeRO bucket fix written for %s, not applied", colossalai.__version__, _VERSION)
-        return False
-    original_add_grad = LowLevelZeroOptimizer._add_grad
+    def methods() -> dict[str, Any]:
+        original_add_grad = LowLevelZeroOptimizer._add_grad
 
-    def _add_to_bucket(self: Any, param: Any, group_id: int) -> None:
-        store = self.pid_to_bucket_store[id(param)]
-        if store.num_elements_in_bucket() + param.numel() > self._reduce_bucket_size:
-            self._run_reduction()
-        store.add_param_grad(group_id, param, self.get_param_padding_size(param))
+        def _add_to_bucket(self: Any, param: Any, group_id: int) -> None:
+            store = self.pid_to_bucket_store[id(param)]
+            if store.num_elements_in_bucket() + param.numel() > self._reduce_bucket_size:
+                self._run_reduction()
+            store.add_param_grad(group_id, param, self.get_param_padding_size(param))
 
-    def _add_grad(self: Any, grad: Any, partition_num: int, group_id: int, param_id: int, rank: int = 0) -> None:
-        original_add_grad(self, grad, partition_num, _group_of(self, param_id), param_id, rank)
+        def _add_grad(self: Any, grad: Any, partition_num: int, group_id: int, param_id: int, rank: int = 0) -> None:
+            original_add_grad(self, grad, partition_num, _group_of(self, param_id), param_id, rank)
 
-    LowLevelZeroOptimizer._add_to_bucket = _add_to_bucket
-    LowLevelZeroOptimizer._add_grad = _add_grad
-    _applied = True
-    return True
+        return {"_add_to_bucket": _add_to_bucket, "_add_grad": _add_grad}
+
+    return patch_once("ZeRO bucket fix", LowLevelZeroOptimizer, methods)

@@ -1,0 +1,31 @@
+"""Apply a speed fix to a ColossalAI class once per process, and only to the version it was written for.
+
+The fixes (:mod:`vit_train.zero_buckets`, :mod:`vit_train.amp_loops`) replace methods whose bodies
+they reproduce in part, so a different ColossalAI release gets its own code untouched (and a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+WRITTEN_FOR = "0.5.0"
+_applied: set[str] = set()
+
+
+def patch_once(name: str, cls: type, make_methods: Callable[[], dict[str, Any]]) -> bool:
+    """Set the methods ``make_methods()`` returns on ``cls`` (built only when applied, so they may close
+    over the originals); True when applied now or before, False for another ColossalAI version."""
+    if name in _applied:
+        return True
+    import colossalai
+
+    if colossalai.__version__ != WRITTEN_FOR:
+        log.warning("colossalai %s: %s written for %s, not applied", colossalai.__version__, name, WRITTEN_FOR)
+        return False
+    for attr, fn in make_methods().items():
+        setattr(cls, attr, fn)
+    _applied.add(name)
+    return True
