@@ -100,6 +100,8 @@ CONFIGS: tuple[BenchConfig, ...] = (
        overrides={**HYBRID, "parallel.enable_all_optimization": True}),
     _t("hybrid_zero1", "HybridParallelPlugin zero_stage 1, bf16", overrides={**HYBRID, "parallel.zero_stage": 1}),
     _t("hybrid+compile", "HybridParallelPlugin + compile", overrides=HYBRID, compile=True),
+    _t("hybrid+compile_full_last", "HybridParallelPlugin + compile, last layer on every token "
+       "(model.cls_only_last_layer off)", overrides={**HYBRID, "model.cls_only_last_layer": False}, compile=True),
     _t("gemini", "GeminiPlugin static, HybridAdam, bf16", overrides=GEMINI, needs_cuda=True),
     _t("gemini_offload", "GeminiPlugin, optimizer state on CPU (offload_optim_frac 1)",
        overrides={**GEMINI, "parallel.offload_optim_frac": 1.0}, needs_cuda=True, steps=5),

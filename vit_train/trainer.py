@@ -94,7 +94,8 @@ class Trainer:
         if self._use_fast_forwards():
             from vit_train.fast_vit import apply_fast_forwards
 
-            apply_fast_forwards(model)
+            apply_fast_forwards(model, cls_only_last_layer=cfg.model.cls_only_last_layer and cfg.parallel.pp_size == 1,
+                                patch_embedding=cfg.parallel.plugin != "gemini")
         lap("model")
         self.plugin = build_plugin(cfg, env.on_cuda)
         self.booster = build_booster(cfg, self.plugin, env.on_cuda)
@@ -146,9 +147,8 @@ class Trainer:
 
     def _use_fast_forwards(self) -> bool:
         """Tensor parallelism replaces Q/K/V with sharded layers whose forward carries the
-        communication, and Gemini hooks every parameter op: both keep transformers' forwards."""
-        p = self.cfg.parallel
-        return self.cfg.model.fast_forwards and p.tp_size == 1 and p.plugin != "gemini"
+        communication: it keeps transformers' forwards. (Gemini gets all but the patch embedding.)"""
+        return self.cfg.model.fast_forwards and self.cfg.parallel.tp_size == 1
 
     def _compile(self) -> None:
         """torch.compile the model in place (``nn.Module.compile``: parameter names and therefore
