@@ -38,8 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.activations import GELUActivation
 from transformers.models.vit.modeling_vit import (
     ViTForImageClassification,
+    ViTIntermediate,
     ViTLayer,
     ViTPatchEmbeddings,
     ViTSelfAttention,
@@ -125,16 +127,29 @@ def _classifier_forward(
     return ImageClassifierOutput(logits=self.classifier(cls[:, 0]))
 
 
+def _intermediate_forward(self: ViTIntermediate, hidden_states: torch.Tensor) -> torch.Tensor:
+    from vit_train.gelu_op import gelu
+
+    return gelu(self.dense(hidden_states))
+
+
+def _exact_gelu(module: ViTIntermediate) -> bool:
+    act = module.intermediate_act_fn
+    return isinstance(act, GELUActivation) and act.act is F.gelu
+
+
 def _patchable(module: ViTPatchEmbeddings) -> bool:
     conv = module.projection
     return (isinstance(conv, nn.Conv2d) and conv.stride == conv.kernel_size and conv.padding == (0, 0)
             and conv.dilation == (1, 1) and conv.groups == 1)
 
 
-def apply_fast_forwards(model: nn.Module, cls_only_last_layer: bool = True, patch_embedding: bool = True) -> int:
+def apply_fast_forwards(model: nn.Module, cls_only_last_layer: bool = True, patch_embedding: bool = True,
+                        opaque_gelu: bool = False) -> int:
     """Bind the faster forwards to every ViT self-attention and (``patch_embedding``) patch-embedding
-    module of ``model`` (an unsharded model) and, with ``cls_only_last_layer``, to an image
-    classifier (not for pipeline stages, whose forwards ColossalAI replaces); returns how many
+    module of ``model`` (an unsharded model), with ``cls_only_last_layer`` to an image classifier
+    (not for pipeline stages, whose forwards ColossalAI replaces) and with ``opaque_gelu`` (for
+    compiled models, :mod:`vit_train.gelu_op`) to every MLP with exact GELU; returns how many
     modules were changed."""
     changed = 0
     for module in model.modules():
@@ -143,6 +158,9 @@ def apply_fast_forwards(model: nn.Module, cls_only_last_layer: bool = True, patc
             changed += 1
         elif isinstance(module, ViTSelfAttention) and isinstance(module.query, nn.Linear):
             module.forward = types.MethodType(_self_attention_forward, module)
+            changed += 1
+        elif opaque_gelu and isinstance(module, ViTIntermediate) and _exact_gelu(module):
+            module.forward = types.MethodType(_intermediate_forward, module)
             changed += 1
         elif patch_embedding and isinstance(module, ViTPatchEmbeddings) and _patchable(module):
             module.forward = types.MethodType(_patch_embeddings_forward, module)
