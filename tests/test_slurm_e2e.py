@@ -358,9 +358,14 @@ def test_e2e_grid_3x3_to_completion(slurm_cluster: Any, tmp_path: Path, syntheti
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_e2e_two_node_run_survives_real_preemption(slurm_cluster: Any, tmp_path: Path, synthetic_dataset: Path,
-                                                   data_cache: Path) -> None:
+                                                   data_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 nodes x 1 rank (gloo across "nodes"); a job of the urgent partition takes both nodes: USR2 on
-    every rank, one collective checkpoint, requeue by rank 0, and the run resumes on 2 nodes."""
+    every rank, one collective checkpoint, requeue by rank 0, and the run resumes on 2 nodes.
+
+    ``hold@step=11`` (vit_train/faults.py) keeps the ranks after step 11 until the real preemption
+    signal arrives, so the preemption cannot miss a run that would otherwise finish first (it did
+    once the tiny model's steps got faster); the resumed attempt does not hold again."""
+    monkeypatch.setenv("VIT_TRAIN_FAULT", "hold@step=11")  # sbatch exports the submitting environment
     grid = _real_grid(tmp_path, "twonode", synthetic_dataset, data_cache, lrs=[1e-3], epochs=10, nodes=2)
     job = submission.submit(grid, out=lambda _: None).job_ids.popitem()[1]
     _wait_for(grid, lambda sts: (sts[0].step or 0) >= 10, "10 steps done", timeout=2 * JOB_TIMEOUT)
@@ -372,6 +377,7 @@ def test_e2e_two_node_run_survives_real_preemption(slurm_cluster: Any, tmp_path:
     result = json.loads((run_dir / "result.json").read_text())
     assert (result["world_size"], result["restarts"]) == (2, 1)
     assert [a["restart_count"] for a in runstate.read_attempts(run_dir)] == [0, 1]
+    assert sorted(p.name for p in run_dir.glob(".fault-hold-*")) == [f".fault-hold-step-11-None-rank{r}" for r in (0, 1)]
     steps = _train_steps(run_dir)
     assert steps == sorted(set(steps)) and steps[-1] == result["steps"]  # resumed, no step logged twice
     assert _sacct_final(urgent).state == "COMPLETED"

@@ -4,6 +4,8 @@
 
 - ``stop@step=K``     after step K, behave as if the preemption signal (USR2) had arrived
 - ``kill@step=K``     SIGKILL this process after step K (no warning, nothing saved)
+- ``hold@step=K``     after step K, wait (up to ``HOLD_S``) for the real preemption signal: a test that
+  preempts through Slurm then catches the run at a known step however fast its steps run
 - ``kill@ckpt=POINT`` SIGKILL inside a checkpoint write, at POINT: ``after_model``,
   ``after_optimizer``, ``before_state``, ``before_marker``, ``before_rename``
 - ``usr2@eval=K``     send this process a real SIGUSR2 in the middle of the evaluation that follows
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+HOLD_S = 300.0
 CKPT_POINTS = ("after_model", "after_optimizer", "before_state", "before_marker", "before_rename")
 
 
@@ -42,9 +47,10 @@ def parse(spec: str) -> list[Rule]:
         head, _, rank = item.partition("/rank=")
         action, _, rest = head.partition("@")
         where, _, value = rest.partition("=")
-        if (action, where) not in (("stop", "step"), ("kill", "step"), ("kill", "ckpt"), ("usr2", "eval")) or not value:
-            raise ValueError(f"VIT_TRAIN_FAULT rule {item!r}: use stop@step=K, kill@step=K, kill@ckpt=POINT or "
-                             "usr2@eval=K [/rank=R]")
+        if (action, where) not in (("stop", "step"), ("kill", "step"), ("hold", "step"), ("kill", "ckpt"),
+                                                 ("usr2", "eval")) or not value:
+            raise ValueError(f"VIT_TRAIN_FAULT rule {item!r}: use stop@step=K, kill@step=K, hold@step=K, "
+                             "kill@ckpt=POINT or usr2@eval=K [/rank=R]")
         if where == "ckpt" and value not in CKPT_POINTS:
             raise ValueError(f"VIT_TRAIN_FAULT rule {item!r}: checkpoint point must be one of {', '.join(CKPT_POINTS)}")
         rules.append(Rule(action, where, value, int(rank) if rank else None))
@@ -69,12 +75,17 @@ class Faults:
         marker.write_text("fired\n")
         return True
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int, stop_requested: Callable[[], bool] = lambda: False) -> None:
         for r in self.rules:
             if r.where == "step" and int(r.value) == step and self._fire(r):
                 if r.action == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
-                self.stop_pending = True
+                if r.action == "hold":
+                    deadline = time.monotonic() + HOLD_S
+                    while not stop_requested() and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                else:
+                    self.stop_pending = True
 
     def in_eval(self, step: int) -> None:
         for r in self.rules:

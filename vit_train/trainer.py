@@ -215,7 +215,7 @@ class Trainer:
                 self._interval_steps += 1
                 st.step += 1
                 st.step_in_epoch += 1
-                self.faults.after_step(st.step)
+                self.faults.after_step(st.step, self.stop_requested)
                 epoch_done = st.step_in_epoch == self.order.steps_per_epoch
                 if st.step % self.cfg.logging.log_every_n_steps == 0 or epoch_done or st.step == self.total_steps:
                     self.log()

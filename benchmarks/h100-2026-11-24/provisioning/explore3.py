@@ -1,0 +1,120 @@
+"""Exploration (not project code). Usage:
+  explore2.py variant PREC:MODE[:flag...]   PREC autocast|bf16m; MODE default|max-autotune-no-cudagraphs|max-autotune|eager;
+                                             flags: fast (vit_train.fast_vit), nocls, sepqkv (Q/K/V as three products), cdt, b512
+  explore2.py hostprof CONFIG              cProfile of 5 trainer steps of a bench configuration (e.g. zero2, hybrid)
+  explore2.py init                         vit_b16 build: default vs no_init_weights + init_weights"""
+import json, sys, time, os
+mode_arg = sys.argv[1]
+
+def variant(spec):
+    import torch, torch.nn.functional as F
+    from vit_train.bench_worker import _profile
+    from vit_train.config import ModelConfig
+    from vit_train.model import build_model
+    from vit_train.fast_vit import apply_fast_forwards
+    prec, mode, *flags = spec.split(":")
+    if "cdt" in flags:
+        import torch._inductor.config as ic
+        ic.coordinate_descent_tuning = True
+    dev = torch.device("cuda")
+    B = 512 if "b512" in flags else 256
+    N = 4 * B
+    g = torch.Generator().manual_seed(0)
+    y_all = (torch.randperm(N, generator=g) % 3).to(dev)
+    x_all = (torch.randn(N, 3, 224, 224, generator=g) * 0.5).half().to(dev)
+    torch.manual_seed(42)
+    model = build_model(ModelConfig(name="vit_b16"), ["a", "b", "c"]).to(dev)
+    if "fast" in flags:
+        apply_fast_forwards(model, cls_only_last_layer="nocls" not in flags, opaque_gelu="gelu" in flags)
+    if "sepqkv" in flags:
+        import types
+        from transformers.models.vit.modeling_vit import ViTSelfAttention
+
+        def sep(self, hs, head_mask=None, output_attentions=False):
+            b, s, _ = hs.shape
+            h, d = self.num_attention_heads, self.attention_head_size
+            q, k, v = (lin(hs).view(b, s, h, d).transpose(1, 2) for lin in (self.query, self.key, self.value))
+            ctx = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+            return (ctx.transpose(1, 2).reshape(b, s, h * d),)
+        for m in model.modules():
+            if isinstance(m, ViTSelfAttention):
+                m.forward = types.MethodType(sep, m)
+    params = list(model.parameters())
+    if prec == "bf16m":
+        model.to(torch.bfloat16)
+        masters = [p.detach().float().clone() for p in params]
+        for m in masters:
+            m.grad = torch.zeros_like(m)
+        opt = torch.optim.AdamW(masters, lr=2e-4, fused=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=2e-4, fused=True)
+    t0 = time.time()
+    if mode != "eager":
+        model.compile(mode=None if mode == "default" else mode)
+    print("variant", spec, "batch", B, flush=True)
+    ac = torch.autocast("cuda", dtype=torch.bfloat16, enabled=prec == "autocast")
+    xdt = torch.bfloat16 if prec == "bf16m" else torch.float16
+    def step(s):
+        idx = torch.randint(0, N, (B,), device=dev)
+        with ac:
+            logits = model(pixel_values=x_all[idx].to(xdt)).logits
+        loss = F.cross_entropy(logits.float(), y_all[idx]); loss.backward()
+        if prec == "bf16m":
+            torch._foreach_copy_([m.grad for m in masters], [p.grad for p in params])
+            torch.nn.utils.clip_grad_norm_(masters, 1.0, foreach=True); opt.step()
+            with torch.no_grad():
+                torch._foreach_copy_(params, masters)
+            for p in params:
+                p.grad = None
+        else:
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True); opt.step(); opt.zero_grad(set_to_none=True)
+        return loss
+    step(0); torch.cuda.synchronize(); first = time.time() - t0
+    for s in range(1, 8): step(s)
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for s in range(30): step(s)
+    torch.cuda.synchronize(); dt = (time.perf_counter() - t) / 30
+    prof = _profile(step, 0, dev)
+    print(json.dumps({"variant": spec, "img_per_s": round(B / dt), "ms_per_256": round(1000 * dt * 256 / B, 1), "first_step_s": round(first, 1),
+                      "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1), "gpu_ms": prof["gpu_ms_by_group"],
+                      "top": prof["top_kernels_ms_per_step"][:12]}), flush=True)
+
+def hostprof(name):
+    import argparse, cProfile, pstats, io, tempfile
+    from pathlib import Path
+    from vit_train import bench, bench_worker
+    from vit_train.bench_data import write_synthetic_splits
+    c = next(c for c in bench.CONFIGS if c.name == name)
+    work = Path(tempfile.mkdtemp())
+    data_dir = write_synthetic_splits(work / "data", 1024, 512, 224)
+    a = argparse.Namespace(batch_size=256, warmup=5, steps=10, model="vit_b16", profile=set())
+    spec = bench._spec(c, a, data_dir, work / "run", 10, 5)
+    step, state = bench_worker._trainer_setup(spec)
+    import torch
+    for s in range(5): step(s)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for s in range(5, 15): step(s)
+    torch.cuda.synchronize(); print(name, "ms/step", round(100 * (time.perf_counter() - t), 1))
+    pr = cProfile.Profile(); pr.enable()
+    for s in range(15, 20): step(s)
+    torch.cuda.synchronize(); pr.disable()
+    out = io.StringIO(); pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(22); print(out.getvalue()[-6000:])
+    out = io.StringIO(); pstats.Stats(pr, stream=out).sort_stats("cumtime").print_stats(30); print(out.getvalue()[-7000:])
+    from vit_train.shutdown import clean_exit
+    sys.stdout.flush(); clean_exit(0)
+
+def init():
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+    from transformers.modeling_utils import no_init_weights
+    from vit_train.model_shapes import PRESETS
+    cfg = ViTConfig(**PRESETS["vit_b16"], num_labels=3)
+    for i in range(2):
+        t = time.time(); ViTForImageClassification(cfg); a = time.time() - t
+        t = time.time()
+        with no_init_weights():
+            m = ViTForImageClassification(cfg)
+        m.init_weights(); print(f"init default {a:.2f}s, hf-only {time.time() - t:.2f}s, threads {torch.get_num_threads()}", flush=True)
+
+{"variant": lambda: variant(sys.argv[2]), "hostprof": lambda: hostprof(sys.argv[2]), "init": init}[mode_arg]()
