@@ -368,6 +368,7 @@ def test_e2e_two_node_run_survives_real_preemption(slurm_cluster: Any, tmp_path:
     monkeypatch.setenv("VIT_TRAIN_FAULT", "hold@step=11")  # sbatch exports the submitting environment
     grid = _real_grid(tmp_path, "twonode", synthetic_dataset, data_cache, lrs=[1e-3], epochs=10, nodes=2)
     job = submission.submit(grid, out=lambda _: None).job_ids.popitem()[1]
+    monkeypatch.delenv("VIT_TRAIN_FAULT")  # sbatch took it; the torchrun reference below must not hold
     _wait_for(grid, lambda sts: (sts[0].step or 0) >= 10, "10 steps done", timeout=2 * JOB_TIMEOUT)
     cpus = subprocess.run(["sinfo", "-h", "-n", "n1", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
     urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-N", "2", "-c", cpus, "-o", str(tmp_path / "urgent.out"),
