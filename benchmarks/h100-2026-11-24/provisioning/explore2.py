@@ -1,6 +1,8 @@
-"""Exploration (not project code). Usage:
+"""Exploration (not project code), used by call1.sh (previous session) and call8.sh/run11.sh (runs 8, 12).
+"fast" means vit_train.fast_vit as of the commit each run used; "sepqkv" rebinds the attention to three
+Q/K/V products (what fast_vit itself does since run 9). Usage:
   explore2.py variant PREC:MODE[:flag...]   PREC autocast|bf16m; MODE default|max-autotune-no-cudagraphs|max-autotune|eager;
-                                             flags: fast (vit_train.fast_vit), cdt (coordinate descent), b512
+                                             flags: fast (vit_train.fast_vit), nocls, sepqkv (Q/K/V as three products), cdt, b512
   explore2.py hostprof CONFIG              cProfile of 5 trainer steps of a bench configuration (e.g. zero2, hybrid)
   explore2.py init                         vit_b16 build: default vs no_init_weights + init_weights"""
 import json, sys, time, os
@@ -25,7 +27,20 @@ def variant(spec):
     torch.manual_seed(42)
     model = build_model(ModelConfig(name="vit_b16"), ["a", "b", "c"]).to(dev)
     if "fast" in flags:
-        apply_fast_forwards(model)
+        apply_fast_forwards(model, cls_only_last_layer="nocls" not in flags, opaque_gelu="gelu" in flags)
+    if "sepqkv" in flags:
+        import types
+        from transformers.models.vit.modeling_vit import ViTSelfAttention
+
+        def sep(self, hs, head_mask=None, output_attentions=False):
+            b, s, _ = hs.shape
+            h, d = self.num_attention_heads, self.attention_head_size
+            q, k, v = (lin(hs).view(b, s, h, d).transpose(1, 2) for lin in (self.query, self.key, self.value))
+            ctx = F.scaled_dot_product_attention(q, k, v, scale=self.scaling)
+            return (ctx.transpose(1, 2).reshape(b, s, h * d),)
+        for m in model.modules():
+            if isinstance(m, ViTSelfAttention):
+                m.forward = types.MethodType(sep, m)
     params = list(model.parameters())
     if prec == "bf16m":
         model.to(torch.bfloat16)
@@ -38,6 +53,7 @@ def variant(spec):
     t0 = time.time()
     if mode != "eager":
         model.compile(mode=None if mode == "default" else mode)
+    print("variant", spec, "batch", B, flush=True)
     ac = torch.autocast("cuda", dtype=torch.bfloat16, enabled=prec == "autocast")
     xdt = torch.bfloat16 if prec == "bf16m" else torch.float16
     def step(s):
