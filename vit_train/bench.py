@@ -103,6 +103,10 @@ CONFIGS: tuple[BenchConfig, ...] = (
     _t("hybrid+compile_full_last", "HybridParallelPlugin + compile, last layer on every token "
        "(model.cls_only_last_layer off)", overrides={**HYBRID, "model.cls_only_last_layer": False}, compile=True),
     _t("gemini", "GeminiPlugin static, HybridAdam, bf16", overrides=GEMINI, needs_cuda=True),
+    _t("gemini_stock_forwards", "GeminiPlugin, transformers' own ViT forwards (model.fast_forwards off)",
+       overrides={**GEMINI, "model.fast_forwards": False}, needs_cuda=True),
+    _t("gemini_full_last", "GeminiPlugin, last layer on every token (model.cls_only_last_layer off)",
+       overrides={**GEMINI, "model.cls_only_last_layer": False}, needs_cuda=True),
     _t("gemini_offload", "GeminiPlugin, optimizer state on CPU (offload_optim_frac 1)",
        overrides={**GEMINI, "parallel.offload_optim_frac": 1.0}, needs_cuda=True, steps=5),
     _t("ddp_x2", "TorchDDPPlugin, 2 ranks", overrides=DDP, nproc=2),

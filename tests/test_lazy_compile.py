@@ -1,0 +1,114 @@
+"""vit_train.lazy_compile: ColossalAI's import-time ``torch.compile`` decorations are compiled on
+first call instead, with the same arguments and the same results; nothing else changes.
+
+The module-level tests use a recording stand-in for ``torch.compile`` (so the count of compilations
+and the arguments can be checked); the subprocess tests import the real ColossalAI 0.5.0 modules in a
+fresh interpreter, once with the hook and once with ``VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1``, and call
+the real deferred function, which then really compiles (inductor on CPU, a few seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vit_train.lazy_compile import CompileOnFirstCall, _deferred_compile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _RecordingCompile:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def __call__(self, fn: Any, **kwargs: Any) -> Any:
+        self.calls.append((fn, kwargs))
+        return lambda *a, **kw: ("compiled", fn(*a, **kw))
+
+
+def test_decorator_compiles_once_on_first_call_with_the_same_arguments() -> None:
+    rec = _RecordingCompile()
+
+    @_deferred_compile(rec, mode="max-autotune-no-cudagraphs", dynamic=False, disable=False)
+    def add(a: int, b: int = 1) -> int:
+        """adds"""
+        return a + b
+
+    assert isinstance(add, CompileOnFirstCall) and rec.calls == []  # nothing compiled at decoration
+    assert add.__name__ == "add" and add.__doc__ == "adds"
+    assert add(2, b=3) == ("compiled", 5)
+    assert add(4) == ("compiled", 5)
+    assert len(rec.calls) == 1
+    fn, kwargs = rec.calls[0]
+    assert fn is add.fn and kwargs == {"mode": "max-autotune-no-cudagraphs", "dynamic": False, "disable": False}
+
+
+def test_disabled_decoration_is_the_plain_function_and_methods_bind() -> None:
+    rec = _RecordingCompile()
+
+    def f(x: int) -> int:
+        return x * 2
+
+    assert _deferred_compile(rec, disable=True)(f) is f and rec.calls == []
+
+    class C:
+        k = 10
+
+        @_deferred_compile(rec)
+        def m(self, x: int) -> int:
+            return self.k + x
+
+    assert C().m(1) == ("compiled", 11) and len(rec.calls) == 1
+
+
+_PROBE = r"""
+import json, sys, torch
+import vit_train  # installs the hook (unless switched off)
+import colossalai.quantization.fp8 as fp8
+import colossalai.shardformer.layer.attn as attn
+from torch._dynamo.utils import counters
+from vit_train.lazy_compile import CompileOnFirstCall
+
+fn = attn._rescale_out_lse
+deferred = isinstance(fn, CompileOnFirstCall)
+plain = fn.fn if deferred else fn._torchdynamo_orig_callable
+g = torch.Generator().manual_seed(0)
+args = [torch.randn(2, 4, 8, 16, generator=g), torch.randn(2, 4, 8, 16, generator=g),
+        torch.randn(2, 4, 8, 1, generator=g), torch.randn(2, 4, 8, 1, generator=g)]
+graphs_before = counters["stats"]["unique_graphs"]
+out = fn(*[a.clone() for a in args])
+ref = plain(*[a.clone() for a in args])
+print(json.dumps({
+    "deferred": deferred,
+    "fp8_deferred": isinstance(fp8._linear_fp8, CompileOnFirstCall),
+    "torch_compile_restored": torch.compile.__module__ == "torch" and torch.compile.__name__ == "compile",
+    "compiled_after_call": (fn.compiled is not None) if deferred else None,
+    "new_graphs": counters["stats"]["unique_graphs"] - graphs_before,
+    "same_result": all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out, ref)),
+}))
+"""
+
+
+def _probe(env_extra: dict[str, str]) -> dict[str, Any]:
+    env = {**os.environ, **env_extra, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_colossalai_modules_get_deferred_compiles_that_compile_on_first_call() -> None:
+    r = _probe({"VIT_TRAIN_COLOSSALAI_AS_SHIPPED": "0"})
+    assert r["deferred"] and r["fp8_deferred"] and r["torch_compile_restored"], r
+    assert r["compiled_after_call"] and r["new_graphs"] >= 1, r  # the first call really compiled
+    assert r["same_result"], r
+
+
+def test_switch_leaves_colossalai_as_shipped() -> None:
+    r = _probe({"VIT_TRAIN_COLOSSALAI_AS_SHIPPED": "1"})
+    assert not r["deferred"] and not r["fp8_deferred"] and r["torch_compile_restored"], r
+    assert r["new_graphs"] >= 1 and r["same_result"], r

@@ -1,0 +1,103 @@
+"""Compile ColossalAI's import-time ``torch.compile`` functions on their first call instead.
+
+Every Booster plugin import pulls in two ColossalAI modules that decorate functions with
+``torch.compile`` at import time: ``colossalai.shardformer.layer.attn`` (one ring-attention helper)
+and ``colossalai.quantization.fp8`` (fp8 cast/communication helpers: one always, six more when the
+GPU's compute capability is 8.9 or higher, an H100). Building a compiled wrapper imports and sets
+up inductor on the spot (``torch._inductor.compile_fx``: 0.5 s on the 2-core dev machine, more on
+the H100 host, see BENCHMARKS.md, start-up), before the first step, for functions that only run
+with ring attention, fp8 communication or fp8 linear layers, none of which this project enables.
+
+:func:`install` puts an import hook on ``sys.meta_path`` that runs those two modules with
+``torch.compile`` replaced by a deferring version: each decorated function is compiled with the
+same arguments the first time it is called, and that compiled function serves every later call.
+Nothing else is affected: the hook matches two module names, restores ``torch.compile`` when the
+module has run, and leaves ``disable=True`` decorations as torch.compile does (the plain function).
+``VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1`` (the switch for all of vit_train's ColossalAI speed changes)
+leaves the hook out.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import threading
+from types import ModuleType
+from typing import Any, Callable
+
+TARGETS = frozenset({"colossalai.quantization.fp8", "colossalai.shardformer.layer.attn"})
+
+
+class CompileOnFirstCall:
+    """``fn`` compiled by ``torch.compile(fn, **kwargs)`` when first called; that compiled function
+    serves every call (``compiled`` is None until then)."""
+
+    def __init__(self, real_compile: Callable[..., Any], fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        self.fn, self.kwargs = fn, kwargs
+        self.compiled: Callable[..., Any] | None = None
+        self._real_compile = real_compile
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        if self.compiled is None:
+            with self._lock:
+                if self.compiled is None:
+                    self.compiled = self._real_compile(self.fn, **self.kwargs)
+        return self.compiled(*args, **kw)
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:  # as a method, like the function it wraps
+        return self if obj is None else functools.partial(self, obj)
+
+
+def _deferred_compile(real_compile: Callable[..., Any], model: Callable[..., Any] | None = None,
+                      **kwargs: Any) -> Any:
+    if model is None:  # used as ``@torch.compile(...)``: return the decorator
+        return lambda fn: _deferred_compile(real_compile, fn, **kwargs)
+    if kwargs.get("disable", False):
+        return model
+    return CompileOnFirstCall(real_compile, model, kwargs)
+
+
+class _DeferringLoader(importlib.abc.Loader):
+    def __init__(self, inner: importlib.abc.Loader) -> None:
+        self._inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        import torch
+
+        real = torch.compile
+        torch.compile = functools.partial(_deferred_compile, real)  # type: ignore[assignment]
+        try:
+            self._inner.exec_module(module)  # type: ignore[attr-defined]
+        finally:
+            torch.compile = real
+
+    def __getattr__(self, name: str) -> Any:  # get_source/get_code etc. for tracebacks and inspect
+        return getattr(self._inner, name)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> Any:
+        if fullname not in TARGETS:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _DeferringLoader(spec.loader)
+        return spec
+
+
+def install() -> bool:
+    """Add the hook (once; before ColossalAI's plugins are imported for it to matter). False when
+    switched off or when the modules are already imported."""
+    if os.environ.get("VIT_TRAIN_COLOSSALAI_AS_SHIPPED") == "1" or all(t in sys.modules for t in TARGETS):
+        return False
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+    return True
