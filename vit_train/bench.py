@@ -64,6 +64,8 @@ class BenchConfig:
     """Timed steps when not --steps (the slow CPU-offload configuration)."""
     measure_sync: bool = False
     """Also time the loop with the multi-rank stop check's collective and host sync every step."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the worker (e.g. ColossalAI as shipped, for a same-run A/B)."""
 
     @property
     def model_parallel(self) -> int:
@@ -78,6 +80,7 @@ DDP = {"parallel.plugin": "torch_ddp"}
 ZERO = {"parallel.plugin": "low_level_zero"}
 HYBRID = {"parallel.plugin": "hybrid_parallel"}
 GEMINI = {"parallel.plugin": "gemini", "optim.optimizer": "hybrid_adam"}
+AS_SHIPPED = {"VIT_TRAIN_COLOSSALAI_AS_SHIPPED": "1"}
 
 CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("fp32_reference", "torch", "plain PyTorch fp32, TF32 off (loss reference)", autocast=False, steps=5),
@@ -99,10 +102,14 @@ CONFIGS: tuple[BenchConfig, ...] = (
     _t("hybrid+fused_kernels", "HybridParallelPlugin + enable_all_optimization",
        overrides={**HYBRID, "parallel.enable_all_optimization": True}),
     _t("hybrid_zero1", "HybridParallelPlugin zero_stage 1, bf16", overrides={**HYBRID, "parallel.zero_stage": 1}),
+    _t("hybrid_as_shipped", "HybridParallelPlugin tp1 pp1, ColossalAI's optimizer loops as shipped "
+       "(VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1)", overrides=HYBRID, env=AS_SHIPPED),
     _t("hybrid+compile", "HybridParallelPlugin + compile", overrides=HYBRID, compile=True),
     _t("hybrid+compile_full_last", "HybridParallelPlugin + compile, last layer on every token "
        "(model.cls_only_last_layer off)", overrides={**HYBRID, "model.cls_only_last_layer": False}, compile=True),
     _t("gemini", "GeminiPlugin static, HybridAdam, bf16", overrides=GEMINI, needs_cuda=True),
+    _t("gemini_as_shipped", "GeminiPlugin as ColossalAI ships it (VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: "
+       "asynchronous gradient reduction on one rank)", overrides=GEMINI, needs_cuda=True, env=AS_SHIPPED),
     _t("gemini_stock_forwards", "GeminiPlugin, transformers' own ViT forwards (model.fast_forwards off)",
        overrides={**GEMINI, "model.fast_forwards": False}, needs_cuda=True),
     _t("gemini_full_last", "GeminiPlugin, last layer on every token (model.cls_only_last_layer off)",
@@ -150,7 +157,7 @@ def _spawn(c: BenchConfig, spec: dict[str, Any], result: Path, timeout: float) -
                "-m", "vit_train.bench_worker", json.dumps(spec), str(result)]
     else:
         cmd = [sys.executable, "-m", "vit_train.bench_worker", json.dumps(spec), str(result)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENCH_T0": repr(time.time())}
+    env = {**os.environ, **c.env, "PYTHONUNBUFFERED": "1", "BENCH_T0": repr(time.time())}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

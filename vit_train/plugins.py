@@ -68,10 +68,20 @@ def _gemini(cfg: RunConfig, on_cuda: bool) -> Any:
         precision=cfg.precision,
         max_norm=cfg.optim.max_grad_norm,
         initial_scale=2**16 if cfg.precision == "fp16" else 1,
+        # What enable_async_reduce (the default) turns on anyway; offloaded chunks need it.
+        pin_memory=True,
     )
+    if _world_size() == 1 and os.environ.get("VIT_TRAIN_COLOSSALAI_AS_SHIPPED") != "1":
+        # With one rank there is no gradient reduction to overlap: the side stream only costs two
+        # stream switches and a cross-stream wait per parameter gradient on the host (BENCHMARKS.md).
+        kwargs["enable_async_reduce"] = False
     if p.gemini_placement == "static":
         kwargs["offload_optim_frac"] = p.offload_optim_frac
     return GeminiPlugin(**kwargs)
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _replicated_head_policy() -> Any:

@@ -4,7 +4,9 @@ Q/K/V products (what fast_vit itself does since run 9). Usage:
   explore2.py variant PREC:MODE[:flag...]   PREC autocast|bf16m; MODE default|max-autotune-no-cudagraphs|max-autotune|eager;
                                              flags: fast (vit_train.fast_vit), nocls, sepqkv (Q/K/V as three products), cdt, b512
   explore2.py hostprof CONFIG              cProfile of 5 trainer steps of a bench configuration (e.g. zero2, hybrid)
-  explore2.py init                         vit_b16 build: default vs no_init_weights + init_weights"""
+  explore2.py init                         vit_b16 build: default vs no_init_weights + init_weights
+  explore2.py steptimes CONFIG [N] [freeze] ms/step per block of 10 steps over N steps (host-bound drift,
+                                           garbage collections per block); freeze: gc.freeze() after warm-up"""
 import json, sys, time, os
 mode_arg = sys.argv[1]
 
@@ -106,6 +108,32 @@ def hostprof(name):
     from vit_train.shutdown import clean_exit
     sys.stdout.flush(); clean_exit(0)
 
+def steptimes(name, n=60, freeze=False):
+    import argparse, gc, tempfile
+    from pathlib import Path
+    from vit_train import bench, bench_worker
+    from vit_train.bench_data import write_synthetic_splits
+    c = next(c for c in bench.CONFIGS if c.name == name)
+    work = Path(tempfile.mkdtemp())
+    data_dir = write_synthetic_splits(work / "data", 1024, 512, 224)
+    a = argparse.Namespace(batch_size=256, warmup=10, steps=n, model="vit_b16", profile=set())
+    spec = bench._spec(c, a, data_dir, work / "run", n, 10)
+    step, state = bench_worker._trainer_setup(spec)
+    import torch
+    for s in range(10): step(s)
+    if freeze:
+        gc.collect(); gc.freeze()
+    torch.cuda.synchronize()
+    blocks = []
+    for b in range(n // 10):
+        g0 = gc.get_stats()[2]["collections"]; t = time.perf_counter()
+        for s in range(10 + 10 * b, 20 + 10 * b): step(s)
+        torch.cuda.synchronize()
+        blocks.append((round(100 * (time.perf_counter() - t), 1), gc.get_stats()[2]["collections"] - g0))
+    print(name, "freeze" if freeze else "", "ms/step per 10-step block (gen2 collections):", blocks, flush=True)
+    from vit_train.shutdown import clean_exit
+    sys.stdout.flush(); clean_exit(0)
+
 def init():
     import torch
     from transformers import ViTConfig, ViTForImageClassification
@@ -119,4 +147,5 @@ def init():
             m = ViTForImageClassification(cfg)
         m.init_weights(); print(f"init default {a:.2f}s, hf-only {time.time() - t:.2f}s, threads {torch.get_num_threads()}", flush=True)
 
-{"variant": lambda: variant(sys.argv[2]), "hostprof": lambda: hostprof(sys.argv[2]), "init": init}[mode_arg]()
+{"variant": lambda: variant(sys.argv[2]), "hostprof": lambda: hostprof(sys.argv[2]), "init": init,
+ "steptimes": lambda: steptimes(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 60, "freeze" in sys.argv[4:])}[mode_arg]()

@@ -1,10 +1,16 @@
-"""vit_train.lazy_compile: ColossalAI's import-time ``torch.compile`` decorations are compiled on
+"""Start-up of training processes (vit_train/__init__.py).
+
+vit_train.lazy_compile: ColossalAI's import-time ``torch.compile`` decorations are compiled on
 first call instead, with the same arguments and the same results; nothing else changes.
 
 The module-level tests use a recording stand-in for ``torch.compile`` (so the count of compilations
 and the arguments can be checked); the subprocess tests import the real ColossalAI 0.5.0 modules in a
 fresh interpreter, once with the hook and once with ``VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1``, and call
 the real deferred function, which then really compiles (inductor on CPU, a few seconds).
+
+``USE_FLAX`` defaults to 0 in processes that import vit_train: transformers then does not import jax
+for its image utilities. jax/flax are not installed here, so the test installs stand-in ``flax`` and
+``jax`` distributions (metadata and an empty module that records its import) in a temporary folder.
 """
 
 from __future__ import annotations
@@ -112,3 +118,37 @@ def test_switch_leaves_colossalai_as_shipped() -> None:
     r = _probe({"VIT_TRAIN_COLOSSALAI_AS_SHIPPED": "1"})
     assert not r["deferred"] and not r["fp8_deferred"] and r["torch_compile_restored"], r
     assert r["new_graphs"] >= 1 and r["same_result"], r
+
+
+_FLAX_PROBE = r"""
+import json, sys
+import vit_train
+import transformers.image_transforms
+print(json.dumps({"jax_imported": "jax" in sys.modules}))
+"""
+
+
+def _fake_flax_site(root: Path) -> Path:
+    for name in ("flax", "jax"):
+        (root / name).mkdir(parents=True)
+        (root / name / "__init__.py").write_text("")
+        info = root / f"{name}-0.8.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.8.0\n")
+    (root / "jax" / "numpy.py").write_text("")
+    return root
+
+
+def _flax_probe(site: Path, env_extra: dict[str, str]) -> bool:
+    env = {k: v for k, v in os.environ.items() if k != "USE_FLAX"}
+    env.update(env_extra, PYTHONPATH=f"{ROOT}{os.pathsep}{site}")
+    p = subprocess.run([sys.executable, "-c", _FLAX_PROBE], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])["jax_imported"]
+
+
+def test_transformers_skips_jax_unless_the_user_asks_for_flax(tmp_path: Path) -> None:
+    site = _fake_flax_site(tmp_path / "site")
+    assert not _flax_probe(site, {})  # vit_train's default: USE_FLAX=0
+    assert _flax_probe(site, {"USE_FLAX": "1"})  # the user's setting wins (and the stand-in is seen)
