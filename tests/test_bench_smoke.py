@@ -39,6 +39,7 @@ def test_bench_runs_every_configuration_on_cpu(tmp_path: Path) -> None:
         ran += 1
         assert r["status"] == "ok", r
         assert r["img_per_s"] > 0 and r["step_ms"] > 0, r
+        assert len(r["host_probe_ms"]) == 2 and all(v > 0 for v in r["host_probe_ms"]), r
         assert r["start_to_first_step_s"] > 0 and "first_step" in r["startup_marks"], r
         assert len(r["warmup_losses"]) == 2 and all(math.isfinite(v) for v in r["warmup_losses"]), r
         # Step 1: the fp32 reference's initial weights and batch, so only bf16 rounding may differ.

@@ -11,8 +11,9 @@ the same batches. Compiled plugin configurations set ``model.compile``, as a use
 Reported per configuration: steady-state images/s and step time over ``--steps`` steps after
 ``--warmup`` steps, peak GPU memory, MFU against the bf16 dense spec (989 TFLOP/s, H100 SXM) and
 against the matrix-product rate measured in the same run, start-to-first-step seconds with a
-breakdown, and the largest loss difference from the fp32 reference over the warm-up steps.
-Writes ``bench.json`` and ``bench.md`` under ``--out`` (after every configuration, so a run cut
+breakdown, the largest loss difference from the fp32 reference over the warm-up steps, and a host
+probe (a fixed pure-Python workload timed before and after the timed steps: the host's speed during
+the row, which host-bound rows follow). Writes ``bench.json`` and ``bench.md`` under ``--out`` (after every configuration, so a run cut
 short keeps what it measured) and prints the table last.
 
 On CPU (``--model tiny --steps 3``) it is the CI smoke test: Gemini and the compiled
@@ -346,13 +347,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "| config | what | img/s | ms/step | x eager | peak GiB | MFU spec | MFU measured | start to 1st step s "
-        "| loss diff vs fp32: step 1 / max |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| loss diff vs fp32: step 1 / max | host probe ms before / after |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["configs"]:
         if r["status"] != "ok":
             why = r.get("reason") or r.get("error")
-            lines.append(f"| {r['name']} | {r['description']} | {r['status']}: {why} | | | | | | | |")
+            lines.append(f"| {r['name']} | {r['description']} | {r['status']}: {why} | | | | | | | | |")
             continue
         x = r.get("img_per_s")
         ratio = x / eager if x and eager else None
@@ -360,7 +361,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {r['name']} | {r['description']} | {_f(x, ',.0f')} | {_f(r.get('step_ms'), '.1f')} | {_f(ratio, '.2f')} "
             f"| {_f(r.get('peak_mem_gib'), '.1f')} | {_f(r.get('mfu_spec'), '.1%')} | {_f(r.get('mfu_measured'), '.1%')} "
             f"| {_f(r.get('start_to_first_step_s'), '.1f')} "
-            f"| {_f(r.get('first_loss_diff_vs_fp32'), '.4f')} / {_f(r.get('max_abs_loss_diff_vs_fp32'), '.3f')} |")
+            f"| {_f(r.get('first_loss_diff_vs_fp32'), '.4f')} / {_f(r.get('max_abs_loss_diff_vs_fp32'), '.3f')} "
+            f"| {' / '.join(_f(v, '.1f') for v in r.get('host_probe_ms', [])) or '—'} |")
     return "\n".join(lines) + "\n"
 
 

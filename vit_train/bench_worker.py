@@ -186,6 +186,19 @@ def _timed(step: Callable[[int], Any], first: int, n: int, device: Any, extra: C
     return time.perf_counter() - t0
 
 
+def host_probe_ms() -> float:
+    """Milliseconds for a fixed pure-Python workload (best of 3), taken before and after the timed
+    steps: the host's speed while a row ran. Host-bound rows (Gemini: Python hooks on every
+    parameter operation) move with it; the machines are shared and it varies between rows."""
+    best = float("inf")
+    for _ in range(3):
+        t, d = time.perf_counter(), {}
+        for i in range(100_000):
+            d[i & 1023] = d.get(i & 1023, 0) + i
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best
+
+
 def _measure(spec: dict[str, Any], step: Callable[[int], Any], state: dict[str, Any]) -> dict[str, Any]:
     device = state["device"]
     losses = []
@@ -198,8 +211,10 @@ def _measure(spec: dict[str, Any], step: Callable[[int], Any], state: dict[str, 
     steps, images = spec["steps"], spec["global_batch"]
     out: dict[str, Any] = {"warmup_losses": losses, "steps": steps, "global_batch": images}
     if steps > 0:
+        probe_before = host_probe_ms()
         seconds = _timed(step, spec["warmup"], steps, device)
-        out.update(step_ms=1000 * seconds / steps, img_per_s=steps * images / seconds)
+        out.update(step_ms=1000 * seconds / steps, img_per_s=steps * images / seconds,
+                   host_probe_ms=[round(probe_before, 2), round(host_probe_ms(), 2)])
         if spec["config"].get("measure_sync"):
             from vit_train.distributed import any_rank
 
