@@ -6,7 +6,9 @@ Q/K/V products (what fast_vit itself does since run 9). Usage:
   explore2.py hostprof CONFIG              cProfile of 5 trainer steps of a bench configuration (e.g. zero2, hybrid)
   explore2.py init                         vit_b16 build: default vs no_init_weights + init_weights
   explore2.py steptimes CONFIG [N] [freeze] ms/step per block of 10 steps over N steps (host-bound drift,
-                                           garbage collections per block); freeze: gc.freeze() after warm-up"""
+                                           garbage collections per block); freeze: gc.freeze() after warm-up
+  explore2.py loops CONFIG                 one process, 20-step blocks of four loop patterns in turn: discard the
+                                           returned loss / hold it / hold it and accumulate its value / bench _timed"""
 import json, sys, time, os
 mode_arg = sys.argv[1]
 
@@ -134,6 +136,42 @@ def steptimes(name, n=60, freeze=False):
     from vit_train.shutdown import clean_exit
     sys.stdout.flush(); clean_exit(0)
 
+def loops(name):
+    import argparse, tempfile
+    from pathlib import Path
+    from vit_train import bench, bench_worker
+    from vit_train.bench_data import write_synthetic_splits
+    c = next(c for c in bench.CONFIGS if c.name == name)
+    work = Path(tempfile.mkdtemp())
+    data_dir = write_synthetic_splits(work / "data", 1024, 512, 224)
+    a = argparse.Namespace(batch_size=256, warmup=10, steps=100, model="vit_b16", profile=set())
+    spec = bench._spec(c, a, data_dir, work / "run", 100, 10)
+    step, state = bench_worker._trainer_setup(spec)
+    import torch
+    dev = state["device"]
+    for s in range(10): step(s)
+    s0, res = 10, {}
+    def discard(n):
+        for s in range(s0, s0 + n): step(s)
+    def hold(n):
+        for s in range(s0, s0 + n): loss = step(s)
+    def hold_acc(n):
+        acc = torch.zeros((), dtype=torch.float64, device=dev)
+        for s in range(s0, s0 + n):
+            loss = step(s); acc += loss.detach().double()
+        print("  acc type", type(acc).__name__, "loss type", type(loss).__name__, "grad_fn", type(loss.grad_fn).__name__, flush=True) if not res else None
+    for rnd in range(2):
+        for label, fn in (("discard", discard), ("hold", hold), ("hold_acc", hold_acc), ("bench_timed", None)):
+            torch.cuda.synchronize(); t = time.perf_counter()
+            if fn is None:
+                sec = bench_worker._timed(step, s0, 20, dev)
+            else:
+                fn(20); torch.cuda.synchronize(); sec = time.perf_counter() - t
+            res.setdefault(label, []).append(round(1000 * sec / 20, 1)); s0 += 20
+    print(name, "ms/step by loop pattern (2 rounds):", res, flush=True)
+    from vit_train.shutdown import clean_exit
+    sys.stdout.flush(); clean_exit(0)
+
 def init():
     import torch
     from transformers import ViTConfig, ViTForImageClassification
@@ -148,4 +186,5 @@ def init():
         m.init_weights(); print(f"init default {a:.2f}s, hf-only {time.time() - t:.2f}s, threads {torch.get_num_threads()}", flush=True)
 
 {"variant": lambda: variant(sys.argv[2]), "hostprof": lambda: hostprof(sys.argv[2]), "init": init,
+ "loops": lambda: loops(sys.argv[2]),
  "steptimes": lambda: steptimes(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 60, "freeze" in sys.argv[4:])}[mode_arg]()
