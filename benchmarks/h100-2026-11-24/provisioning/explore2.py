@@ -85,17 +85,26 @@ def variant(spec):
                       "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1), "gpu_ms": prof["gpu_ms_by_group"],
                       "top": prof["top_kernels_ms_per_step"][:12]}), flush=True)
 
-def hostprof(name):
-    import argparse, cProfile, pstats, io, tempfile
+def _trainer(name, warmup, steps):
+    """A bench configuration's Trainer step as the bench worker builds it (ViT-B/16, batch 256, its own
+    synthetic cache); the cosine schedule spans warmup + 2 * steps + 3 steps, as in the bench."""
+    import argparse, tempfile
     from pathlib import Path
     from vit_train import bench, bench_worker
     from vit_train.bench_data import write_synthetic_splits
     c = next(c for c in bench.CONFIGS if c.name == name)
     work = Path(tempfile.mkdtemp())
     data_dir = write_synthetic_splits(work / "data", 1024, 512, 224)
-    a = argparse.Namespace(batch_size=256, warmup=5, steps=10, model="vit_b16", profile=set())
-    spec = bench._spec(c, a, data_dir, work / "run", 10, 5)
-    step, state = bench_worker._trainer_setup(spec)
+    a = argparse.Namespace(batch_size=256, warmup=warmup, steps=steps, model="vit_b16", profile=set())
+    return bench_worker._trainer_setup(bench._spec(c, a, data_dir, work / "run", steps, warmup))
+
+def _exit():
+    from vit_train.shutdown import clean_exit
+    sys.stdout.flush(); clean_exit(0)
+
+def hostprof(name):
+    import cProfile, pstats, io
+    step, state = _trainer(name, warmup=5, steps=10)
     import torch
     for s in range(5): step(s)
     torch.cuda.synchronize()
@@ -107,20 +116,11 @@ def hostprof(name):
     torch.cuda.synchronize(); pr.disable()
     out = io.StringIO(); pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(22); print(out.getvalue()[-6000:])
     out = io.StringIO(); pstats.Stats(pr, stream=out).sort_stats("cumtime").print_stats(30); print(out.getvalue()[-7000:])
-    from vit_train.shutdown import clean_exit
-    sys.stdout.flush(); clean_exit(0)
+    _exit()
 
 def steptimes(name, n=60, freeze=False):
-    import argparse, gc, tempfile
-    from pathlib import Path
-    from vit_train import bench, bench_worker
-    from vit_train.bench_data import write_synthetic_splits
-    c = next(c for c in bench.CONFIGS if c.name == name)
-    work = Path(tempfile.mkdtemp())
-    data_dir = write_synthetic_splits(work / "data", 1024, 512, 224)
-    a = argparse.Namespace(batch_size=256, warmup=10, steps=n, model="vit_b16", profile=set())
-    spec = bench._spec(c, a, data_dir, work / "run", n, 10)
-    step, state = bench_worker._trainer_setup(spec)
+    import gc
+    step, state = _trainer(name, warmup=10, steps=n)
     import torch
     for s in range(10): step(s)
     if freeze:
@@ -133,20 +133,10 @@ def steptimes(name, n=60, freeze=False):
         torch.cuda.synchronize()
         blocks.append((round(100 * (time.perf_counter() - t), 1), gc.get_stats()[2]["collections"] - g0))
     print(name, "freeze" if freeze else "", "ms/step per 10-step block (gen2 collections):", blocks, flush=True)
-    from vit_train.shutdown import clean_exit
-    sys.stdout.flush(); clean_exit(0)
+    _exit()
 
 def loops(name):
-    import argparse, tempfile
-    from pathlib import Path
-    from vit_train import bench, bench_worker
-    from vit_train.bench_data import write_synthetic_splits
-    c = next(c for c in bench.CONFIGS if c.name == name)
-    work = Path(tempfile.mkdtemp())
-    data_dir = write_synthetic_splits(work / "data", 1024, 512, 224)
-    a = argparse.Namespace(batch_size=256, warmup=10, steps=100, model="vit_b16", profile=set())
-    spec = bench._spec(c, a, data_dir, work / "run", 100, 10)
-    step, state = bench_worker._trainer_setup(spec)
+    step, state = _trainer(name, warmup=10, steps=100)
     import torch
     dev = state["device"]
     for s in range(10): step(s)
@@ -169,8 +159,7 @@ def loops(name):
                 fn(20); torch.cuda.synchronize(); sec = time.perf_counter() - t
             res.setdefault(label, []).append(round(1000 * sec / 20, 1)); s0 += 20
     print(name, "ms/step by loop pattern (2 rounds):", res, flush=True)
-    from vit_train.shutdown import clean_exit
-    sys.stdout.flush(); clean_exit(0)
+    _exit()
 
 def init():
     import torch
