@@ -12,7 +12,7 @@ install: install-python install-slurm
 install-python:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	@$(PYTHON) -c "import colossalai" 2>/dev/null || $(PIP) install -q --no-deps --no-build-isolation "$(COLOSSALAI_SPEC)"
-	@$(PYTHON) -c "import transformers, datasets, submitit, tensorboard, yaml, rich, pytest_timeout, hypothesis, ninja" 2>/dev/null || $(PIP) install -q -e ".[test]"
+	@$(PYTHON) -c "import transformers, datasets, submitit, tensorboard, yaml, rich, pytest_timeout, hypothesis, ninja, triton" 2>/dev/null || $(PIP) install -q -e ".[test]"
 	@$(PYTHON) -c "import torch, colossalai, transformers, datasets, submitit, tensorboard; print('python deps ok: torch', torch.__version__, 'transformers', transformers.__version__)"
 
 # Debian packages for the local real Slurm cluster used by tests and the demo, and Chromium for the

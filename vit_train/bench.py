@@ -108,6 +108,11 @@ CONFIGS: tuple[BenchConfig, ...] = (
     _t("hybrid+compile", "HybridParallelPlugin + compile", overrides=HYBRID, compile=True),
     _t("hybrid+compile_full_last", "HybridParallelPlugin + compile, last layer on every token "
        "(model.cls_only_last_layer off)", overrides={**HYBRID, "model.cls_only_last_layer": False}, compile=True),
+    _t("hybrid+compile_unfused_mlp", "HybridParallelPlugin + compile, MLP product/GELU/bias gradient as "
+       "separate kernels (model.fused_mlp off)", overrides={**HYBRID, "model.fused_mlp": False}, compile=True),
+    _t("hybrid+compile_ddp_wrapped", "HybridParallelPlugin + compile, ColossalAI as shipped "
+       "(VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: torch DDP around the one-rank model, per-parameter optimizer loops)",
+       overrides=HYBRID, compile=True, env=AS_SHIPPED),
     _t("gemini", "GeminiPlugin static, HybridAdam, bf16", overrides=GEMINI, needs_cuda=True),
     _t("gemini_as_shipped", "GeminiPlugin as ColossalAI ships it (VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: "
        "asynchronous gradient reduction on one rank)", overrides=GEMINI, needs_cuda=True, env=AS_SHIPPED),

@@ -56,6 +56,10 @@ class ModelConfig:
     """With fast_forwards: the classifier reads only the [CLS] token, so the last layer computes
     keys/values for every token and the rest for [CLS] only; same logits and gradients, about 6
     percent less work for ViT-B/16. Not with pipeline parallelism (ColossalAI replaces that forward)."""
+    fused_mlp: bool = True
+    """With fast_forwards and compile: each MLP's first product + exact GELU as one operator whose
+    backward computes the GELU gradient and the bias gradient in one pass (vit_train.fused_mlp, a
+    Triton kernel on CUDA); same maths, about 1.5 percent more images/s on an H100."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -264,6 +268,7 @@ NON_SEMANTIC = {
     "model.compile",
     "model.fast_forwards",
     "model.cls_only_last_layer",
+    "model.fused_mlp",
     "checkpoint.every_n_steps",
     "checkpoint.keep_last",
     "checkpoint.export_hf",

@@ -128,14 +128,15 @@ def _classifier_forward(
 
 
 def _intermediate_forward(self: ViTIntermediate, hidden_states: torch.Tensor) -> torch.Tensor:
-    from vit_train.gelu_op import gelu
+    from vit_train.fused_mlp import linear_gelu_autocast
 
-    return gelu(self.dense(hidden_states))
+    return linear_gelu_autocast(hidden_states, self.dense.weight, self.dense.bias)
 
 
-def _exact_gelu(module: ViTIntermediate) -> bool:
+def _fusable_mlp(module: ViTIntermediate) -> bool:
     act = module.intermediate_act_fn
-    return isinstance(act, GELUActivation) and act.act is F.gelu
+    return (isinstance(act, GELUActivation) and act.act is F.gelu and isinstance(module.dense, nn.Linear)
+            and module.dense.bias is not None)
 
 
 def _patchable(module: ViTPatchEmbeddings) -> bool:
@@ -145,12 +146,12 @@ def _patchable(module: ViTPatchEmbeddings) -> bool:
 
 
 def apply_fast_forwards(model: nn.Module, cls_only_last_layer: bool = True, patch_embedding: bool = True,
-                        opaque_gelu: bool = False) -> int:
+                        fused_mlp: bool = False) -> int:
     """Bind the faster forwards to every ViT self-attention and (``patch_embedding``) patch-embedding
     module of ``model`` (an unsharded model), with ``cls_only_last_layer`` to an image classifier
-    (not for pipeline stages, whose forwards ColossalAI replaces) and with ``opaque_gelu`` (for
-    compiled models, :mod:`vit_train.gelu_op`) to every MLP with exact GELU; returns how many
-    modules were changed."""
+    (not for pipeline stages, whose forwards ColossalAI replaces) and with ``fused_mlp`` (for
+    compiled models, :mod:`vit_train.fused_mlp`) to the first half of every MLP with exact GELU;
+    returns how many modules were changed."""
     changed = 0
     for module in model.modules():
         if cls_only_last_layer and isinstance(module, ViTForImageClassification):
@@ -159,7 +160,7 @@ def apply_fast_forwards(model: nn.Module, cls_only_last_layer: bool = True, patc
         elif isinstance(module, ViTSelfAttention) and isinstance(module.query, nn.Linear):
             module.forward = types.MethodType(_self_attention_forward, module)
             changed += 1
-        elif opaque_gelu and isinstance(module, ViTIntermediate) and _exact_gelu(module):
+        elif fused_mlp and isinstance(module, ViTIntermediate) and _fusable_mlp(module):
             module.forward = types.MethodType(_intermediate_forward, module)
             changed += 1
         elif patch_embedding and isinstance(module, ViTPatchEmbeddings) and _patchable(module):

@@ -160,6 +160,11 @@ def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
 
         # bf16/fp16 master-weight steps with all-parameter kernels instead of three per-parameter loops.
         apply_amp_loop_fix()
+    if cfg.parallel.plugin == "hybrid_parallel" and os.environ.get("VIT_TRAIN_COLOSSALAI_AS_SHIPPED") != "1":
+        from vit_train.hybrid_ddp import apply_hybrid_ddp_fix
+
+        # No DDP reducer (a multiply and a copy per gradient) over a data-parallel group of one rank.
+        apply_hybrid_ddp_fix()
     return _FACTORIES[cfg.parallel.plugin](cfg, on_cuda)
 
 

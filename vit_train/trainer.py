@@ -95,7 +95,7 @@ class Trainer:
             from vit_train.fast_vit import apply_fast_forwards
 
             apply_fast_forwards(model, cls_only_last_layer=cfg.model.cls_only_last_layer and cfg.parallel.pp_size == 1,
-                                patch_embedding=cfg.parallel.plugin != "gemini", opaque_gelu=self.compile_model)
+                                patch_embedding=cfg.parallel.plugin != "gemini", fused_mlp=self.compile_model and cfg.model.fused_mlp)
         lap("model")
         self.plugin = build_plugin(cfg, env.on_cuda)
         self.booster = build_booster(cfg, self.plugin, env.on_cuda)

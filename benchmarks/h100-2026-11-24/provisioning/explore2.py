@@ -2,8 +2,9 @@
 "fast" means vit_train.fast_vit as of the commit each run used; "sepqkv" rebinds the attention to three
 Q/K/V products (what fast_vit itself does since run 9). Usage:
   explore2.py variant PREC:MODE[:flag...]   PREC autocast|bf16m; MODE default|max-autotune-no-cudagraphs|max-autotune|eager;
-                                             flags: fast (vit_train.fast_vit), nocls, sepqkv (Q/K/V as three products), cdt, b512
+                                             flags: fast (vit_train.fast_vit), gelu (its opaque GELU), fusedmlp, gelutb, nocls, sepqkv (Q/K/V as three products), cdt, b512
   explore2.py hostprof CONFIG              cProfile of 5 trainer steps of a bench configuration (e.g. zero2, hybrid)
+  explore2.py kernels CONFIG               every GPU kernel of 3 profiled trainer steps (fifth session)
   explore2.py init                         vit_b16 build: default vs no_init_weights + init_weights
   explore2.py steptimes CONFIG [N] [freeze] ms/step per block of 10 steps over N steps (host-bound drift,
                                            garbage collections per block); freeze: gc.freeze() after warm-up
@@ -32,6 +33,35 @@ def variant(spec):
     model = build_model(ModelConfig(name="vit_b16"), ["a", "b", "c"]).to(dev)
     if "fast" in flags:
         apply_fast_forwards(model, cls_only_last_layer="nocls" not in flags, opaque_gelu="gelu" in flags)
+    if "fusedmlp" in flags or "gelutb" in flags:
+        # fifth session: the MLP's first product + GELU as vit_train.fused_mlp's operator (fusedmlp), or
+        # the opaque GELU forward with a backward inductor can see and fuse with the bias sum (gelutb)
+        import types
+        from transformers.models.vit.modeling_vit import ViTIntermediate
+        from vit_train import fused_mlp
+        from vit_train.fused_mlp import linear_gelu_autocast
+        if os.environ.get("FUSED_CFG"):
+            fused_mlp.CONFIG = tuple(int(v) for v in os.environ["FUSED_CFG"].split(","))
+            print("fused_mlp.CONFIG", fused_mlp.CONFIG, flush=True)
+        if "gelutb" in flags:
+            @torch.library.custom_op("explore::gelu", mutates_args=())
+            def gelu_tb(x: torch.Tensor) -> torch.Tensor:
+                return torch.ops.aten.gelu.default(x)
+            gelu_tb.register_fake(lambda x: torch.empty_like(x))
+            def _setup(ctx, inputs, output):
+                ctx.save_for_backward(inputs[0])
+            def _bw(ctx, g):
+                (x,) = ctx.saved_tensors
+                cdf = 0.5 * (1.0 + torch.erf(x.float() * 0.7071067811865476))
+                pdf = torch.exp(-0.5 * x.float() * x.float()) * 0.3989422804014327
+                return (g.float() * (cdf + x.float() * pdf)).to(g.dtype)
+            gelu_tb.register_autograd(_bw, setup_context=_setup)
+            fwd = lambda self, hs: gelu_tb(self.dense(hs))
+        else:
+            fwd = lambda self, hs: linear_gelu_autocast(hs, self.dense.weight, self.dense.bias)
+        for m in model.modules():
+            if isinstance(m, ViTIntermediate):
+                m.forward = types.MethodType(fwd, m)
     if "sepqkv" in flags:
         import types
         from transformers.models.vit.modeling_vit import ViTSelfAttention
@@ -161,6 +191,44 @@ def loops(name):
     print(name, "ms/step by loop pattern (2 rounds):", res, flush=True)
     _exit()
 
+def kernels(name):
+    """Every GPU kernel of 3 profiled steps of a bench configuration (ms per step, calls per step),
+    and the step's GPU-busy vs wall time, to compare a plugin's step with the plain loop's."""
+    step, state = _trainer(name, warmup=10, steps=10)
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    for s in range(10): step(s)
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for s in range(10, 20): step(s)
+    torch.cuda.synchronize(); print(name, "ms/step", round(100 * (time.perf_counter() - t), 1), flush=True)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for s in range(20, 23): step(s)
+        torch.cuda.synchronize()
+    ev = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    ev.sort(key=lambda e: -e.self_device_time_total)
+    print("gpu ms/step total", round(sum(e.self_device_time_total for e in ev) / 3000, 2))
+    for e in ev[:70]:
+        print(f"{e.self_device_time_total / 3000:8.3f} {e.count // 3:5d}  {e.key[:150]}")
+    # where the many small launches come from: for the CPU ops called ~200 times per step, the chain
+    # of enclosing CPU ops/ranges (autograd nodes included), counted per step
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for s in range(23, 26): step(s)
+        torch.cuda.synchronize()
+    from collections import Counter
+    chains = Counter()
+    for e in prof.events():
+        if e.name in ("aten::mul", "aten::copy_", "cudaMemsetAsync", "cudaMemcpyAsync", "aten::zero_", "aten::fill_",
+                      "aten::unsqueeze", "aten::clone", "aten::mul_", "aten::add_", "aten::zeros", "aten::sum"):
+            chain, p = [e.name], e.cpu_parent
+            while p is not None and len(chain) < 7:
+                chain.append(p.name[:70]); p = p.cpu_parent
+            chains[" <- ".join(chain)] += 1
+    print("== enclosing ops of frequent small ops (calls per step)")
+    for c, n in chains.most_common(40):
+        if n >= 6:
+            print(f"{n / 3:7.1f}  {c}")
+    _exit()
+
 def init():
     import torch
     from transformers import ViTConfig, ViTForImageClassification
@@ -175,5 +243,5 @@ def init():
         m.init_weights(); print(f"init default {a:.2f}s, hf-only {time.time() - t:.2f}s, threads {torch.get_num_threads()}", flush=True)
 
 {"variant": lambda: variant(sys.argv[2]), "hostprof": lambda: hostprof(sys.argv[2]), "init": init,
- "loops": lambda: loops(sys.argv[2]),
+ "loops": lambda: loops(sys.argv[2]), "kernels": lambda: kernels(sys.argv[2]),
  "steptimes": lambda: steptimes(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 60, "freeze" in sys.argv[4:])}[mode_arg]()

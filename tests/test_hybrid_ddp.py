@@ -1,0 +1,90 @@
+"""vit_train.hybrid_ddp: HybridParallelPlugin leaves out torch DDP over a one-rank data-parallel group,
+and trains bit-identically to ColossalAI as shipped.
+
+Real ColossalAI plugin and a tiny real transformers ViT, under ``torchrun`` (gloo, CPU). With 2 ranks:
+tp=2 (data-parallel group of one rank: no DDP with the fix, DDP as shipped) and tp=1/dp=2 (DDP kept);
+with 1 rank: tp=1 (no DDP with the fix). Each layout trains 3 bf16 steps with weight decay and
+clipping, first as shipped and then with the fix, from the same weights on the same batches: every
+working weight must be equal bit for bit and the weights must have moved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STEPS = 3
+
+
+def test_no_ddp_for_one_rank_groups_same_training() -> None:
+    from tests.train_utils import run_torchrun_child
+
+    two = run_torchrun_child(Path(__file__), nproc=2, timeout=300)
+    one = run_torchrun_child(Path(__file__), nproc=1, timeout=300)
+    assert two["applied"] and one["applied"]
+    for r, layout, ddp_kept in ((two, "tp2", False), (two, "tp1", True), (one, "tp1", False)):
+        res = r[layout]
+        assert res["stock_ddp"] is True, (layout, res)  # what ColossalAI does as shipped
+        assert res["fixed_ddp"] is ddp_kept, (layout, res)
+        assert res["mismatches"] == [] and res["n_params"] > 10, (layout, res)
+        assert res["moved"] > 1e-3, (layout, res)
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def _train(tp: int) -> tuple[bool, dict[str, Any], float]:
+    import torch
+    from colossalai.booster import Booster
+    from colossalai.booster.plugin import HybridParallelPlugin
+    from torch.nn.parallel import DistributedDataParallel
+    from transformers import ViTConfig, ViTForImageClassification
+
+    plugin = HybridParallelPlugin(tp_size=tp, pp_size=1, precision="bf16", zero_stage=0, max_norm=0.05)
+    booster = Booster(plugin=plugin)
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=64, image_size=32, patch_size=8, num_labels=4))
+    init = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    params = list(model.parameters())
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": 0.5},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    model, opt, *_ = booster.boost(model, torch.optim.AdamW(groups, lr=1e-2))
+    uses_ddp = isinstance(model.module, DistributedDataParallel)
+    g = torch.Generator().manual_seed(1 + torch.distributed.get_rank(plugin.dp_group))
+    for _ in range(STEPS):
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 4, (8,), generator=g)
+        booster.backward(model(pixel_values=x.bfloat16(), labels=y).loss, opt)
+        opt.step()
+        opt.zero_grad()
+    working = {n: p.detach().clone() for n, p in model.unwrap().named_parameters()}
+    moved = max((working[n].float() - init[n][tuple(slice(0, s) for s in working[n].shape)]).abs().max().item()
+                for n in working)
+    return uses_ddp, working, moved
+
+
+def _child() -> dict[str, Any]:
+    import colossalai
+    import torch
+
+    from vit_train.cpu_compat import apply_cpu_compat
+    from vit_train.hybrid_ddp import apply_hybrid_ddp_fix
+
+    colossalai.launch_from_torch(seed=0)
+    apply_cpu_compat()
+    world = torch.distributed.get_world_size()
+    layouts = (1, 2) if world == 2 else (1,)
+    stock = {tp: _train(tp) for tp in layouts}
+    res: dict[str, Any] = {"applied": apply_hybrid_ddp_fix()}
+    for tp in layouts:
+        ddp, working, moved = _train(tp)
+        s_ddp, s_working, _ = stock[tp]
+        res[f"tp{tp}"] = {"stock_ddp": s_ddp, "fixed_ddp": ddp, "n_params": len(working), "moved": moved,
+                          "mismatches": [n for n in s_working if not torch.equal(s_working[n], working[n])]}
+    return res
+
+
+if __name__ == "__main__":
+    from tests.train_utils import child_main
+
+    child_main(_child)
