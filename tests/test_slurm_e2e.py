@@ -491,6 +491,7 @@ def test_e2e_sbatch_template_requeues_on_exit_3(slurm_cluster: Any, tmp_path: Pa
                           str(REPO / "slurm_templates" / "vit_train.sbatch"), str(run_yaml)],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     log = tmp_path / f"vit_train-{job}.out"
+    end = None
     try:
         deadline = time.monotonic() + 2 * JOB_TIMEOUT
         while ((runstate._read_json(out / "progress.json") or {}).get("step") or 0) < 5:
@@ -501,10 +502,13 @@ def test_e2e_sbatch_template_requeues_on_exit_3(slurm_cluster: Any, tmp_path: Pa
         while not (out / "result.json").exists():
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
+        # result.json is written before the ranks and the batch script exit: wait for the job to end
+        # on its own (a scancel now races with that end and can record CANCELLED)
+        end = _sacct_final(job, timeout=JOB_TIMEOUT)
     finally:
-        subprocess.run(["scancel", job], check=False)  # no-op once it completed
+        if end is None:  # the test failed before the job ended: do not leave it queued
+            subprocess.run(["scancel", job], check=False)
     assert json.loads((out / "result.json").read_text())["restarts"] == 1
-    end = _sacct_final(job)
     assert (end.state, end.exit_code) == ("COMPLETED", "0:0")
     text = log.read_text()
     assert f"requeueing job {job}" in text and "attempt 2" in text
