@@ -119,7 +119,7 @@ def linear_gelu_backward(grad: torch.Tensor, h: torch.Tensor, x: torch.Tensor, w
 @linear_gelu_backward.register_fake
 def _linear_gelu_backward_fake(grad: torch.Tensor, h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                                bias_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty((weight.shape[0],), dtype=bias_dtype)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0],), dtype=bias_dtype)
 
 
 def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
