@@ -38,12 +38,9 @@ def test_fix_is_bit_identical_to_colossalai_loops() -> None:
 
 
 def _model() -> Any:
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
+    from tests.train_utils import tiny_vit
 
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=64, image_size=32, patch_size=8, num_labels=4))
+    return tiny_vit(num_labels=4)
 
 
 class _HostReadGuard:

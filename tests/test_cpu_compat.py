@@ -105,13 +105,9 @@ def test_apply_is_noop_with_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _tiny_vit(num_labels: int = 3) -> Any:
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
+    from tests.train_utils import tiny_vit
 
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                    image_size=32, patch_size=8, num_labels=num_labels)
-    torch.manual_seed(0)
-    return ViTForImageClassification(cfg)
+    return tiny_vit(num_labels)
 
 
 def _batch() -> dict[str, Any]:

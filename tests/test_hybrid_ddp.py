@@ -38,13 +38,12 @@ def _train(tp: int) -> tuple[bool, dict[str, Any], float]:
     from colossalai.booster import Booster
     from colossalai.booster.plugin import HybridParallelPlugin
     from torch.nn.parallel import DistributedDataParallel
-    from transformers import ViTConfig, ViTForImageClassification
+
+    from tests.train_utils import tiny_vit
 
     plugin = HybridParallelPlugin(tp_size=tp, pp_size=1, precision="bf16", zero_stage=0, max_norm=0.05)
     booster = Booster(plugin=plugin)
-    torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                intermediate_size=64, image_size=32, patch_size=8, num_labels=4))
+    model = tiny_vit(num_labels=4)
     init = {n: p.detach().float().clone() for n, p in model.named_parameters()}
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": 0.5},

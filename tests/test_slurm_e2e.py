@@ -433,14 +433,21 @@ def _ckpt_steps(run_dir: Path) -> list[int]:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_e2e_cancel_then_resume(slurm_cluster: Any, tmp_path: Path, synthetic_dataset: Path, data_cache: Path) -> None:
+def test_e2e_cancel_then_resume(slurm_cluster: Any, tmp_path: Path, synthetic_dataset: Path, data_cache: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancel a running 2-run grid, then resume it. ``hold@step=6`` (vit_train/faults.py) keeps each run
+    after step 6 (step 5 is logged) until scancel's signal arrives: without it a run that started early could finish all
+    its steps before the cancel reached it (seen once in CI: finished, then recorded CANCELLED)."""
+    monkeypatch.setenv("VIT_TRAIN_FAULT", "hold@step=6")  # sbatch exports the submitting environment
     grid = _real_grid(tmp_path, "cancelres", synthetic_dataset, data_cache, lrs=[1e-3, 2e-3], epochs=10)
     submission.submit(grid, out=lambda _: None)
+    monkeypatch.delenv("VIT_TRAIN_FAULT")  # the resumed jobs must not hold
     _wait_for(grid, lambda sts: all((s.step or 0) >= 5 for s in sts), "5 steps done", timeout=2 * JOB_TIMEOUT)
     assert len(submission.cancel(grid, out=lambda _: None)) == 2
     sts = _wait_for(grid, _all("cancelled"), "cancelled")
     # scancel's SIGTERM: every rank stopped at a step boundary and saved a checkpoint, no requeue
     assert all(list((Path(s.run_dir) / "checkpoints").glob("step-*")) for s in sts)
+    assert all([p.name for p in Path(s.run_dir).glob(".fault-hold-*")] == [".fault-hold-step-6-None-rank0"] for s in sts)
     assert cli_main(["resume", str(grid)]) == 0
     sts = _wait_for(grid, _all("finished"), "finished after resume", timeout=3 * JOB_TIMEOUT)
     for s in sts:

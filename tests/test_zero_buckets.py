@@ -44,12 +44,9 @@ def test_zero_buckets_span_groups_and_train_the_same() -> None:
 
 
 def _model() -> Any:
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
+    from tests.train_utils import tiny_vit
 
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=64, image_size=32, patch_size=8, num_labels=3))
+    return tiny_vit(num_labels=3)
 
 
 def _groups(model: Any, wd: float) -> list[dict[str, Any]]:

@@ -13,6 +13,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+def tiny_vit(num_labels: int) -> Any:
+    """A real transformers ViT small enough for multi-process CPU tests (2 layers, width 32, 32 px
+    images in 8 px patches), with the same weights on every call and rank (seed 0)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               intermediate_size=64, image_size=32, patch_size=8,
+                                               num_labels=num_labels))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

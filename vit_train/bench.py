@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from vit_train.colossal_patch import AS_SHIPPED_ENV
 from vit_train.config import apply_dotted
 from vit_train.model_shapes import PRESETS
 
@@ -81,7 +82,7 @@ DDP = {"parallel.plugin": "torch_ddp"}
 ZERO = {"parallel.plugin": "low_level_zero"}
 HYBRID = {"parallel.plugin": "hybrid_parallel"}
 GEMINI = {"parallel.plugin": "gemini", "optim.optimizer": "hybrid_adam"}
-AS_SHIPPED = {"VIT_TRAIN_COLOSSALAI_AS_SHIPPED": "1"}
+AS_SHIPPED = {AS_SHIPPED_ENV: "1"}
 
 CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("fp32_reference", "torch", "plain PyTorch fp32, TF32 off (loss reference)", autocast=False, steps=5),

@@ -7,9 +7,18 @@ they reproduce in part, so a different ColossalAI release gets its own code unto
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+AS_SHIPPED_ENV = "VIT_TRAIN_COLOSSALAI_AS_SHIPPED"
+
+
+def as_shipped() -> bool:
+    """True when ``VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1``: every vit_train speed change to ColossalAI is
+    off (the benchmark's same-run A/B of them)."""
+    return os.environ.get(AS_SHIPPED_ENV) == "1"
 
 WRITTEN_FOR = "0.5.0"
 _applied: set[str] = set()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.machinery
-import os
 import sys
 import threading
 from types import ModuleType
@@ -96,7 +95,9 @@ class _Finder(importlib.abc.MetaPathFinder):
 def install() -> bool:
     """Add the hook (once; before ColossalAI's plugins are imported for it to matter). False when
     switched off or when the modules are already imported."""
-    if os.environ.get("VIT_TRAIN_COLOSSALAI_AS_SHIPPED") == "1" or all(t in sys.modules for t in TARGETS):
+    from vit_train.colossal_patch import as_shipped
+
+    if as_shipped() or all(t in sys.modules for t in TARGETS):
         return False
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())

@@ -8,7 +8,6 @@ tensor-parallel group that should count evaluation samples.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vit_train.colossal_patch import as_shipped
 from vit_train.config import PLUGINS, RunConfig
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _gemini(cfg: RunConfig, on_cuda: bool) -> Any:
         # What enable_async_reduce (the default) turns on anyway; offloaded chunks need it.
         pin_memory=True,
     )
-    if _world_size() == 1 and os.environ.get("VIT_TRAIN_COLOSSALAI_AS_SHIPPED") != "1":
+    if _world_size() == 1 and not as_shipped():
         # With one rank there is no gradient reduction to overlap: the side stream only costs two
         # stream switches and a cross-stream wait per parameter gradient on the host (BENCHMARKS.md).
         kwargs["enable_async_reduce"] = False
@@ -148,7 +148,7 @@ def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
         applied = apply_cpu_compat()
         if applied:
             log.info("ColossalAI CPU compatibility fixes applied: %s", ", ".join(applied))
-    if os.environ.get("VIT_TRAIN_COLOSSALAI_AS_SHIPPED") == "1":
+    if as_shipped():
         log.info("VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: ColossalAI's optimizers run without vit_train's speed fixes")
     elif cfg.parallel.plugin == "low_level_zero" or (cfg.parallel.plugin == "hybrid_parallel" and cfg.parallel.zero_stage > 0):
         from vit_train.zero_buckets import apply_zero_bucket_fix
@@ -160,7 +160,7 @@ def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
 
         # bf16/fp16 master-weight steps with all-parameter kernels instead of three per-parameter loops.
         apply_amp_loop_fix()
-    if cfg.parallel.plugin == "hybrid_parallel" and os.environ.get("VIT_TRAIN_COLOSSALAI_AS_SHIPPED") != "1":
+    if cfg.parallel.plugin == "hybrid_parallel" and not as_shipped():
         from vit_train.hybrid_ddp import apply_hybrid_ddp_fix
 
         # No DDP reducer (a multiply and a copy per gradient) over a data-parallel group of one rank.
