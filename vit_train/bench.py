@@ -91,6 +91,8 @@ CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("torch_compile_bf16", "torch", "plain PyTorch + compile, bf16 weights, fp32 master weights",
                 compile=True, bf16_weights=True),
     _t("ddp", "TorchDDPPlugin, bf16 autocast", overrides=DDP, measure_sync=True),
+    _t("ddp_as_shipped", "TorchDDPPlugin, ColossalAI as shipped (VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: torch DDP "
+       "around the one-rank model)", overrides=DDP, env=AS_SHIPPED),
     _t("ddp+compile", "TorchDDPPlugin + compile", overrides=DDP, compile=True),
     _t("ddp+compile_stock", "TorchDDPPlugin + compile, transformers' own ViT forwards (model.fast_forwards off)",
        overrides={**DDP, "model.fast_forwards": False}, compile=True),

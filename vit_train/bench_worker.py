@@ -121,7 +121,7 @@ def _torch_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str, 
     x, y = x.to(device), y.to(device)
     _mark("open_data")
     torch.manual_seed(spec["seed"])  # the same initial weights as the trainer's
-    model = build_model(ModelConfig(name=spec["model"]), list(CLASS_NAMES)).to(device)
+    model = build_model(ModelConfig(name=spec["model"]), list(CLASS_NAMES), device).to(device)
     params = list(model.parameters())
     # bf16 weights: the model computes in bf16, an fp32 master copy takes the optimizer step
     # (what hybrid_parallel, ZeRO and Gemini do, here without any per-parameter Python loop).

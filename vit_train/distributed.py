@@ -83,7 +83,9 @@ def init_distributed(seed: int) -> DistEnv:
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    # Not for a world of one: on NCCL the first collective creates the communicator (a few tenths of
+    # a second at start-up) with nothing to wait for.
+    if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 

@@ -8,7 +8,7 @@ up inductor on the spot (``torch._inductor.compile_fx``: 0.5 s on the 2-core dev
 the H100 host, see BENCHMARKS.md, start-up), before the first step, for functions that only run
 with ring attention, fp8 communication or fp8 linear layers, none of which this project enables.
 
-:func:`install` puts an import hook on ``sys.meta_path`` that runs those two modules with
+:func:`install` registers an import hook (:mod:`vit_train.import_hooks`) that runs those two modules with
 ``torch.compile`` replaced by a deferring version: each decorated function is compiled with the
 same arguments the first time it is called, and that compiled function serves every later call.
 Nothing else is affected: the hook matches two module names, restores ``torch.compile`` when the
@@ -20,12 +20,11 @@ leaves the hook out.
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.machinery
-import sys
 import threading
 from types import ModuleType
 from typing import Any, Callable
+
+from vit_train import import_hooks
 
 TARGETS = frozenset({"colossalai.quantization.fp8", "colossalai.shardformer.layer.attn"})
 
@@ -61,35 +60,15 @@ def _deferred_compile(real_compile: Callable[..., Any], model: Callable[..., Any
     return CompileOnFirstCall(real_compile, model, kwargs)
 
 
-class _DeferringLoader(importlib.abc.Loader):
-    def __init__(self, inner: importlib.abc.Loader) -> None:
-        self._inner = inner
+def _with_deferred_compile(module: ModuleType, run: Callable[[], None]) -> None:
+    import torch
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        import torch
-
-        real = torch.compile
-        torch.compile = functools.partial(_deferred_compile, real)  # type: ignore[assignment]
-        try:
-            self._inner.exec_module(module)  # type: ignore[attr-defined]
-        finally:
-            torch.compile = real
-
-    def __getattr__(self, name: str) -> Any:  # get_source/get_code etc. for tracebacks and inspect
-        return getattr(self._inner, name)
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> Any:
-        if fullname not in TARGETS:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _DeferringLoader(spec.loader)
-        return spec
+    real = torch.compile
+    torch.compile = functools.partial(_deferred_compile, real)  # type: ignore[assignment]
+    try:
+        run()
+    finally:
+        torch.compile = real
 
 
 def install() -> bool:
@@ -97,8 +76,6 @@ def install() -> bool:
     switched off or when the modules are already imported."""
     from vit_train.colossal_patch import as_shipped
 
-    if as_shipped() or all(t in sys.modules for t in TARGETS):
+    if as_shipped():
         return False
-    if not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())
-    return True
+    return any([import_hooks.register(t, _with_deferred_compile) for t in sorted(TARGETS)])

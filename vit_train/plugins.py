@@ -160,11 +160,11 @@ def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
 
         # bf16/fp16 master-weight steps with all-parameter kernels instead of three per-parameter loops.
         apply_amp_loop_fix()
-    if cfg.parallel.plugin == "hybrid_parallel" and not as_shipped():
-        from vit_train.hybrid_ddp import apply_hybrid_ddp_fix
+    if cfg.parallel.plugin in ("hybrid_parallel", "torch_ddp") and not as_shipped():
+        from vit_train.one_rank_ddp import apply_hybrid_ddp_fix, apply_torch_ddp_fix
 
-        # No DDP reducer (a multiply and a copy per gradient) over a data-parallel group of one rank.
-        apply_hybrid_ddp_fix()
+        # No DDP (NCCL set-up at boost, a multiply and a copy per gradient) over a one-rank group.
+        apply_hybrid_ddp_fix() if cfg.parallel.plugin == "hybrid_parallel" else apply_torch_ddp_fix()
     return _FACTORIES[cfg.parallel.plugin](cfg, on_cuda)
 
 

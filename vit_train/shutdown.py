@@ -42,7 +42,8 @@ def clean_exit(code: int = 0) -> NoReturn:
         import torch.distributed as dist
 
         if code == 0 and dist.is_available() and dist.is_initialized():
-            dist.barrier()
+            if dist.get_world_size() > 1:  # (alone, a first NCCL collective would only set up a communicator)
+                dist.barrier()
             dist.destroy_process_group()
     except Exception as exc:  # a failed teardown must not turn into a hang or a lost exit code
         print(f"clean_exit: process group teardown failed: {exc!r}", file=sys.stderr)

@@ -89,7 +89,7 @@ class Trainer:
         self.class_names = list(self.data.class_names)
         lap("data")
         torch.manual_seed(cfg.seed)  # same head init on every rank and every layout
-        model = build_model(cfg.model, self.class_names)
+        model = build_model(cfg.model, self.class_names, self.device)
         self.model_config = model.config
         if self._use_fast_forwards():
             from vit_train.fast_vit import apply_fast_forwards
