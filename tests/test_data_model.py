@@ -345,6 +345,21 @@ def test_preset_model_and_processor() -> None:
         build_model(TINY, ["a", "a"])
 
 
+def test_preset_model_is_created_on_the_given_device() -> None:
+    """The trainer passes its device (a GPU on a cluster; no GPU here, so the meta device stands in
+    for "not the CPU"): every weight is created there, none on the CPU. On the CPU the weights are
+    the default build's, bit for bit, and initialised (not torch's defaults left in place)."""
+    meta = build_model(TINY, CLASS_NAMES, torch.device("meta"))
+    assert {t.device.type for t in [*meta.parameters(), *meta.buffers()]} == {"meta"}
+    torch.manual_seed(0)
+    default = build_model(TINY, CLASS_NAMES)
+    torch.manual_seed(0)
+    on_cpu = build_model(TINY, CLASS_NAMES, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), on_cpu.state_dict().values()))
+    assert float(on_cpu.classifier.bias.abs().max()) == 0.0  # transformers' init: zero biases
+    assert 0.01 < float(on_cpu.classifier.weight.std()) < 0.03  # trunc_normal std 0.02
+
+
 def test_from_pretrained_gets_new_head(tmp_path: Path) -> None:
     torch.manual_seed(0)
     folder = save_local_model("tiny", tmp_path / "pretrained", num_labels=1000)

@@ -1,4 +1,4 @@
-"""Start-up of training processes (vit_train/__init__.py).
+"""Start-up of training processes (vit_train/startup.py, run by vit_train/__init__.py).
 
 vit_train.lazy_compile: ColossalAI's import-time ``torch.compile`` decorations are compiled on
 first call instead, with the same arguments and the same results; nothing else changes.
@@ -10,7 +10,12 @@ the real deferred function, which then really compiles (inductor on CPU, a few s
 
 ``USE_FLAX`` defaults to 0 in processes that import vit_train: transformers then does not import jax
 for its image utilities. jax/flax are not installed here, so the test installs stand-in ``flax`` and
-``jax`` distributions (metadata and an empty module that records its import) in a temporary folder.
+``jax`` distributions (metadata and an empty module) in a temporary folder.
+
+The import trims: transformers treats scikit-learn and scipy as absent, so importing its ViT does not
+import them; ``VIT_TRAIN_IMPORT_TRIMS=0`` keeps transformers' own view. scikit-learn is not installed
+here and scipy may not be, so stand-in distributions (metadata and the names transformers imports)
+come first on the path; transformers' real availability check and real imports run against them.
 """
 
 from __future__ import annotations
@@ -128,15 +133,25 @@ print(json.dumps({"jax_imported": "jax" in sys.modules}))
 """
 
 
-def _fake_flax_site(root: Path) -> Path:
-    for name in ("flax", "jax"):
-        (root / name).mkdir(parents=True)
-        (root / name / "__init__.py").write_text("")
-        info = root / f"{name}-0.8.0.dist-info"
+def _fake_site(root: Path, dists: dict[str, str], modules: dict[str, str]) -> Path:
+    """Stand-in distributions (``dists``: distribution name -> package) with ``modules`` (dotted name
+    -> source) in a folder meant for the front of the path."""
+    for dist, package in dists.items():
+        (root / package).mkdir(parents=True, exist_ok=True)
+        (root / package / "__init__.py").write_text("")
+        info = root / f"{dist.replace('-', '_')}-9.0.0.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.8.0\n")
-    (root / "jax" / "numpy.py").write_text("")
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 9.0.0\n")
+    for name, source in modules.items():
+        *parents, leaf = name.split(".")
+        folder = root.joinpath(*parents)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{leaf}.py").write_text(source)
     return root
+
+
+def _fake_flax_site(root: Path) -> Path:
+    return _fake_site(root, {"flax": "flax", "jax": "jax"}, {"jax.numpy": ""})
 
 
 def _flax_probe(site: Path, env_extra: dict[str, str]) -> bool:
@@ -152,3 +167,35 @@ def test_transformers_skips_jax_unless_the_user_asks_for_flax(tmp_path: Path) ->
     site = _fake_flax_site(tmp_path / "site")
     assert not _flax_probe(site, {})  # vit_train's default: USE_FLAX=0
     assert _flax_probe(site, {"USE_FLAX": "1"})  # the user's setting wins (and the stand-in is seen)
+
+
+_TRIMS_PROBE = r"""
+import json, sys
+import vit_train
+import transformers.models.vit.modeling_vit  # reaches transformers.generation and transformers.loss
+from transformers.utils import is_scipy_available, is_sklearn_available
+print(json.dumps({"sklearn_imported": "sklearn" in sys.modules, "scipy_imported": "scipy" in sys.modules,
+                  "sklearn_available": is_sklearn_available(), "scipy_available": is_scipy_available()}))
+"""
+
+
+def _trims_probe(site: Path, env_extra: dict[str, str]) -> dict[str, bool]:
+    env = {k: v for k, v in os.environ.items() if k != "VIT_TRAIN_IMPORT_TRIMS"}
+    env.update(env_extra, PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+    p = subprocess.run([sys.executable, "-c", _TRIMS_PROBE], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=300, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_transformers_imports_neither_sklearn_nor_scipy_unless_trims_are_off(tmp_path: Path) -> None:
+    site = _fake_site(tmp_path / "site", {"scikit-learn": "sklearn", "scipy": "scipy"}, {
+        "sklearn.metrics": "def roc_curve(*a, **k):\n    raise NotImplementedError\n",
+        "scipy.optimize": "def linear_sum_assignment(*a, **k):\n    raise NotImplementedError\n",
+    })
+    off = _trims_probe(site, {"VIT_TRAIN_IMPORT_TRIMS": "0"})  # transformers' own view: both imported
+    assert off == {"sklearn_imported": True, "scipy_imported": True, "sklearn_available": True,
+                   "scipy_available": True}, off
+    on = _trims_probe(site, {})  # vit_train's default
+    assert on == {"sklearn_imported": False, "scipy_imported": False, "sklearn_available": False,
+                  "scipy_available": False}, on
