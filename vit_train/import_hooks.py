@@ -65,6 +65,3 @@ def register(name: str, around: Around) -> bool:
     _finder().hooks.setdefault(name, around)
     return True
 
-
-def registered(name: str) -> bool:
-    return any(isinstance(f, _Finder) and name in f.hooks for f in sys.meta_path)

@@ -78,4 +78,5 @@ def install() -> bool:
 
     if as_shipped():
         return False
-    return any([import_hooks.register(t, _with_deferred_compile) for t in sorted(TARGETS)])
+    registered = [import_hooks.register(t, _with_deferred_compile) for t in sorted(TARGETS)]  # (all, no short cut)
+    return any(registered)

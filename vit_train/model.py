@@ -19,7 +19,12 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoImageProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import (
+    AutoImageProcessor,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
 from transformers.image_utils import PILImageResampling
 from transformers.modeling_utils import no_init_weights
 

@@ -164,7 +164,10 @@ def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
         from vit_train.one_rank_ddp import apply_hybrid_ddp_fix, apply_torch_ddp_fix
 
         # No DDP (NCCL set-up at boost, a multiply and a copy per gradient) over a one-rank group.
-        apply_hybrid_ddp_fix() if cfg.parallel.plugin == "hybrid_parallel" else apply_torch_ddp_fix()
+        if cfg.parallel.plugin == "hybrid_parallel":
+            apply_hybrid_ddp_fix()
+        else:
+            apply_torch_ddp_fix()
     return _FACTORIES[cfg.parallel.plugin](cfg, on_cuda)
 
 
