@@ -89,7 +89,10 @@ class Trainer:
         self.class_names = list(self.data.class_names)
         lap("data")
         torch.manual_seed(cfg.seed)  # same head init on every rank and every layout
-        model = build_model(cfg.model, self.class_names, self.device)
+        # Alone, a preset's random weights are created on the training device (start-up). With several
+        # ranks they stay CPU-made: torch's CUDA sampling depends on the GPU's SM count, so ranks on
+        # different GPU models would start from different weights where no plugin broadcasts them.
+        model = build_model(cfg.model, self.class_names, self.device if env.world_size == 1 else None)
         self.model_config = model.config
         if self._use_fast_forwards():
             from vit_train.fast_vit import apply_fast_forwards
