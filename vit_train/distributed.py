@@ -105,6 +105,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s parameters and buffers, in place (nothing to do alone)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t, src)
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return obj

@@ -67,10 +67,10 @@ def build_image_processor(cfg: ModelConfig) -> ViTImageProcessor:
 def build_model(cfg: ModelConfig, class_names: list[str], device: torch.device | None = None) -> ViTForImageClassification:
     """A ViT classifier with exactly ``len(class_names)`` outputs and readable id2label/label2id.
 
-    ``device``: where a preset's random weights are created and initialised (the trainer passes its
-    device when it runs alone: ViT-B/16's initialisation takes 0.5 s on a CPU core, milliseconds on a
-    GPU, and the plugin would move the weights there anyway). The same seed gives other values on a
-    GPU than on the CPU. Pretrained models load on the CPU."""
+    ``device``: where a preset's random weights are created and initialised (the trainer's device:
+    ViT-B/16's initialisation takes 0.5 s on a CPU core, milliseconds on a GPU, and the plugin would
+    move the weights there anyway). The same seed gives other values on a GPU than on the CPU, and
+    may on another GPU model (the trainer broadcasts rank 0's). Pretrained models load on the CPU."""
     id2label, label2id = _label_maps(class_names)
     if cfg.name in PRESETS:
         config = ViTConfig(

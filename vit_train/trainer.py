@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from vit_train import evaluation
 from vit_train.checkpoint import CheckpointManager
 from vit_train.config import RunConfig
-from vit_train.distributed import DistEnv, all_reduce_sum, any_rank, barrier
+from vit_train.distributed import DistEnv, all_reduce_sum, any_rank, barrier, broadcast_module
 from vit_train.export import export_hf_model
 from vit_train.faults import Faults
 from vit_train.fsutil import atomic_write_text, make_private_dir
+from vit_train.model_shapes import PRESETS
 from vit_train.plugins import build_booster, build_optimizer, build_plugin, layout_of, needs_autocast
 from vit_train.sampling import TrainOrder
 from vit_train.tracking import Tracker
@@ -89,10 +90,12 @@ class Trainer:
         self.class_names = list(self.data.class_names)
         lap("data")
         torch.manual_seed(cfg.seed)  # same head init on every rank and every layout
-        # Alone, a preset's random weights are created on the training device (start-up). With several
-        # ranks they stay CPU-made: torch's CUDA sampling depends on the GPU's SM count, so ranks on
-        # different GPU models would start from different weights where no plugin broadcasts them.
-        model = build_model(cfg.model, self.class_names, self.device if env.world_size == 1 else None)
+        model = build_model(cfg.model, self.class_names, self.device)
+        if cfg.model.name in PRESETS:
+            # Random weights made on each rank's GPU (start-up): torch's CUDA sampling depends on the
+            # GPU's SM count, so ranks on different GPU models would draw different values, and not
+            # every plugin broadcasts. All ranks take rank 0's (the one-process run's on that GPU).
+            broadcast_module(model)
         self.model_config = model.config
         if self._use_fast_forwards():
             from vit_train.fast_vit import apply_fast_forwards
