@@ -82,17 +82,22 @@ def init_distributed(seed: int) -> DistEnv:
     return env
 
 
+def several_ranks() -> bool:
+    """A process group of two or more ranks exists (collectives have something to do)."""
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def barrier() -> None:
     # Not for a world of one: on NCCL the first collective creates the communicator (a few tenths of
     # a second at start-up) with nothing to wait for.
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if several_ranks():
         dist.barrier()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few floats over all ranks (float64 so counts and sums stay exact)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if several_ranks():
         dist.all_reduce(t)
     return t.tolist()
 
@@ -100,14 +105,14 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if any rank set the flag (so all ranks take the same branch)."""
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if several_ranks():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
 
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     """Give every rank rank ``src``'s parameters and buffers, in place (nothing to do alone)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not several_ranks():
         return
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
@@ -115,7 +120,7 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not several_ranks():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from vit_train.distributed import all_reduce_sum
+from vit_train.distributed import all_reduce_sum, several_ranks
 from vit_train.sampling import eval_shards
 
 MAX_SHOWN = 8
@@ -61,7 +61,7 @@ def evaluate(tr: Any) -> tuple[dict[str, float], dict[str, Any]]:
 
 def _gather(items: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     """All ranks' few misclassified samples (small Python lists; collective)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not several_ranks():
         return sorted(items)[:MAX_SHOWN]
     out: list[list[tuple[int, int, int]]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(out, items)
