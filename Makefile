@@ -18,7 +18,7 @@ install-python:
 # Debian packages for the local real Slurm cluster used by tests and the demo, and Chromium for the
 # TensorBoard screenshot test (needs root).
 install-slurm:
-	@$(PYTHON) -m hpc.devcluster install
+	@$(PYTHON) -m hpc.dev.cluster install
 	@command -v chromium >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium))
 
@@ -26,10 +26,10 @@ test: install
 	$(PYTHON) -m pytest -x -q
 
 demo: install
-	$(PYTHON) -m hpc.demo
+	$(PYTHON) -m hpc.dev.demo
 
 cluster-up: install
-	$(PYTHON) -m hpc.devcluster start
+	$(PYTHON) -m hpc.dev.cluster start
 
 cluster-down:
-	$(PYTHON) -m hpc.devcluster stop
+	$(PYTHON) -m hpc.dev.cluster stop

@@ -36,7 +36,7 @@ import submitit
 from hpc.runstate import RESULT_FILE, record_attempt
 from vit_train.cli import EXIT_OK, EXIT_PREEMPTED, StopFlag, run, setup_logging
 from vit_train.config import RunConfig
-from vit_train.shutdown import clean_exit
+from vit_train.distributed.shutdown import clean_exit
 
 REQUEUE_WAIT_S = 120.0
 """How long ranks other than 0 wait for the requeue to kill them before exiting on their own."""
@@ -110,7 +110,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         """The checkpoint is saved (collectively); requeue through submitit, or leave the decision to Slurm."""
         # Every rank has returned from run() (rank 0 has written progress.json "preempted") before any
         # rank exits: srun --kill-on-bad-exit would otherwise kill rank 0 mid-write when a peer exits 3.
-        from vit_train.distributed import barrier  # torch: imported in the job only, not on the login node
+        from vit_train.distributed.process_group import barrier  # torch: imported in the job only, not on the login node
 
         try:
             barrier()

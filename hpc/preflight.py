@@ -27,14 +27,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hpc.grid import GridError, GridSpec, RunSpec, expand, load_grid
 from vit_train.config import ConfigError
+from hpc.site_profile import SiteProfile, executor_parameters, load_profile
 from vit_train.model_shapes import PRESETS
-
-if TYPE_CHECKING:
-    from hpc.submission import SiteProfile
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,6 @@ Out = Callable[[str], None]
 def check_file(path: str | Path, *, sbatch: bool = True, offline: bool = False,
                out: Out = print) -> tuple[GridSpec, SiteProfile, list[RunSpec]]:
     """Load the grid and its profile, then :func:`check`; file-level errors become a PreflightError too."""
-    from hpc.submission import load_profile
-
     try:
         spec = load_grid(path)
         profile = load_profile(spec.profile)
@@ -303,8 +299,6 @@ _SBATCH_ERRORS = [  # stderr pattern -> (grid field, fix)
 
 
 def _check_slurm(spec: GridSpec, profile: SiteProfile) -> list[Failure]:
-    from hpc.submission import executor_parameters
-
     params = executor_parameters(spec, profile)
     r, failures = spec.slurm, []
     parts = _partitions()

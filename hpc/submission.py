@@ -16,7 +16,6 @@ runs that are neither finished nor in flight, and record each job id in the run'
 from __future__ import annotations
 
 import fcntl
-import re
 import shlex
 import shutil
 import subprocess
@@ -24,134 +23,23 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from hpc import preflight, runstate
+from hpc import preflight, runstate, slurm_query
+from hpc.site_profile import SiteProfile, executor_parameters
 from hpc.grid import GridSpec, RunSpec, expand, load_grid
-from vit_train.config import ConfigError
-from vit_train.fsutil import atomic_write_text, make_private_dir
+from vit_train.components.fsutil import atomic_write_text, make_private_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PROFILE_DIR = REPO_ROOT / "slurm_templates" / "profiles"
-PROFILE_KEYS = ("description", "setup", "sbatch", "env")
 GRID_COPY, LOCK_FILE, PREVIOUS_DIR = "grid.yaml", ".lock", "previous"
-# Options left to the profile as site defaults; the grid's slurm: section wins when it sets them.
-PROFILE_DEFAULT_KEYS = ("partition", "account", "qos", "constraint")
-# Options the grid's slurm: section (or submitit itself) owns; a profile setting them would be ignored
-# or would silently change what the grid asked for, so it is refused.
-GRID_OWNED_SBATCH = ("nodes", "ntasks", "ntasks-per-node", "gpus", "gpus-per-node", "gres", "cpus-per-task", "mem",
-                     "mem-per-cpu", "mem-per-gpu", "time", "signal", "array", "output", "error", "job-name",
-                     "open-mode", "requeue", "no-requeue", "wrap")
 IN_FLIGHT = ("running", "pending")
 Out = Callable[[str], None]
 
 
-# ---------------------------------------------------------------------------- site profiles
-class ProfileError(ConfigError):
-    """A site profile is missing or invalid; the message names the file, the key and the fix."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class SiteProfile:
-    """slurm_templates/profiles/<name>.yaml: how jobs start on one site."""
-
-    name: str
-    description: str
-    """One line shown by --dry-run."""
-    setup: tuple[str, ...] = ()
-    """Shell lines before srun (module load, source venv)."""
-    sbatch: dict[str, Any] = field(default_factory=dict)
-    """Extra #SBATCH options; partition/account/qos/constraint are defaults the grid may override."""
-    env: dict[str, str] = field(default_factory=dict)
-    """Variables exported before the setup lines."""
-
-    def setup_lines(self) -> list[str]:
-        # Double quotes: $USER/$HOME expand in the job's shell, as a site admin would expect.
-        exports = [f'export {k}="{_dq(v)}"' for k, v in self.env.items()]
-        return exports + list(self.setup)
-
-    def extra_sbatch(self) -> dict[str, Any]:
-        # `key: false` means "off": submitit would write --key=False.
-        return {k: v for k, v in self.sbatch.items() if k not in PROFILE_DEFAULT_KEYS and v is not False}
-
-
-def _dq(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
-
-
-def available_profiles(profile_dir: Path = PROFILE_DIR) -> list[str]:
-    return sorted(p.stem for p in profile_dir.glob("*.yaml"))
-
-
-def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> SiteProfile:
-    """Read and check a profile; ``{repo}`` in env values and setup lines becomes the repository root."""
-    path = Path(profile_dir) / f"{name}.yaml"
-    if not path.is_file():
-        raise ProfileError(f"profile={name!r}: no {path}; available: {', '.join(available_profiles(profile_dir)) or 'none'}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"{path}: must be a mapping with keys {', '.join(PROFILE_KEYS)}")
-    unknown = sorted(set(data) - set(PROFILE_KEYS))
-    if unknown:
-        raise ProfileError(f"{path}: unknown key(s) {unknown}; valid keys: {', '.join(PROFILE_KEYS)}")
-    setup, sbatch, env = data.get("setup") or [], data.get("sbatch") or {}, data.get("env") or {}
-    if not isinstance(setup, list) or not all(isinstance(x, str) for x in setup):
-        raise ProfileError(f"{path}: setup must be a list of shell lines, e.g. ['module load cuda']")
-    if not isinstance(sbatch, dict) or not all(isinstance(v, (str, int, float, bool)) for v in sbatch.values()):
-        raise ProfileError(f"{path}: sbatch must map option names to values, e.g. {{partition: gpu, exclusive: true}}")
-    sbatch = {str(k).replace("_", "-"): v for k, v in sbatch.items()}
-    owned = sorted(set(sbatch) & set(GRID_OWNED_SBATCH))
-    if owned:
-        raise ProfileError(f"{path}: sbatch option(s) {owned} are set per grid; put them in the grid's slurm: section")
-    if not isinstance(env, dict) or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)) for k in env) \
-            or not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
-        raise ProfileError(f"{path}: env must map variable names to scalar values, e.g. {{OMP_NUM_THREADS: '1'}}")
-    repo = str(REPO_ROOT)
-    return SiteProfile(
-        name=name,
-        description=str(data.get("description") or ""),
-        setup=tuple(line.replace("{repo}", repo) for line in setup),
-        sbatch=sbatch,
-        env={str(k): str(v).replace("{repo}", repo) for k, v in env.items()},
-    )
-
-
 def submitit_folder(spec: GridSpec) -> Path:
     return spec.grid_dir / runstate.SUBMITIT_DIR / "%j"
-
-
-def executor_parameters(spec: GridSpec, profile: SiteProfile) -> dict[str, Any]:
-    """Keyword arguments of submitit's ``SlurmExecutor.update_parameters`` for this grid."""
-    r = spec.slurm
-    params: dict[str, Any] = {
-        "job_name": spec.name,
-        "time": r.time_min,
-        "nodes": r.nodes,
-        "ntasks_per_node": r.tasks_per_node,  # one task (rank) per GPU: srun starts the ranks, not torchrun
-        "cpus_per_task": r.cpus_per_task,
-        "mem": f"{r.mem_gb}GB",
-        "signal_delay_s": r.signal_delay_s,
-        "array_parallelism": r.array_parallelism,
-        "setup": profile.setup_lines(),
-        # One dead rank leaves the others blocked in a collective until the time limit: let srun kill them.
-        "srun_args": ["--kill-on-bad-exit=1"],
-        # --requeue explicitly: sites with JobRequeue=0 would otherwise refuse submitit's `scontrol requeue`.
-        "additional_parameters": {"requeue": True, **profile.extra_sbatch()},
-    }
-    if r.gpus_per_node:
-        params["gpus_per_node"] = r.gpus_per_node
-    for key in PROFILE_DEFAULT_KEYS:
-        value = getattr(r, key) or profile.sbatch.get(key)
-        if value:
-            params[key] = value
-    return params
 
 
 def python_command(folder: Path, python: str | None = None) -> str:
@@ -193,7 +81,7 @@ class Decision:
 def read_statuses(run_dirs: Sequence[Path], configs: Sequence[dict[str, Any] | None] | None = None) -> list[runstate.RunStatus]:
     """Every run's status with ONE squeue and ONE sacct call for the whole grid."""
     records = [runstate.read_run_record(d) for d in run_dirs]
-    states = runstate.slurm_states([r.last_job_id for r in records if r and r.last_job_id])
+    states = slurm_query.slurm_states([r.last_job_id for r in records if r and r.last_job_id])
     cfgs = list(configs) if configs is not None else [None] * len(run_dirs)
     return [runstate.run_state(d, states, config=c) for d, c in zip(run_dirs, cfgs)]
 
@@ -338,7 +226,7 @@ def _start_over(decisions: Sequence[Decision], out: Out, timeout_s: float = 120)
         _scancel(live)
         deadline = time.monotonic() + timeout_s
         while any(s.state in runstate.RUNNING_STATES | runstate.PENDING_STATES
-                  for s in runstate.squeue_states(live).values()):
+                  for s in slurm_query.squeue_states(live).values()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"jobs {live} still in the queue {timeout_s:.0f} s after scancel")
             time.sleep(0.5)

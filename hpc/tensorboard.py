@@ -1,6 +1,6 @@
 """``python submit.py tensorboard GRID_FOLDER``: one TensorBoard over every run of a grid.
 
-Each run writes its curves and an HParams summary into ``<run>/tb/`` (vit_train.tracking), so
+Each run writes its curves and an HParams summary into ``<run>/tb/`` (vit_train.components.tracking), so
 TensorBoard pointed at the grid folder shows every run's curves side by side and its HParams view
 lists every grid point; runs are named ``<run folder>/tb``. Runs appear while they train (TensorBoard
 re-reads the folder every few seconds), so this can be started as soon as the grid is submitted.

@@ -23,14 +23,14 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():  # type: ignore[no-untyped-def]
-    """The local real Slurm cluster (hpc.devcluster: nodes n1, n2; partitions debug, urgent), started
+    """The local real Slurm cluster (hpc.dev.cluster: nodes n1, n2; partitions debug, urgent), started
     once per session for tests marked ``slurm`` and stopped at the end if this session started it."""
     import os
 
-    from hpc import devcluster
+    from hpc.dev import cluster as devcluster
 
     if os.geteuid() != 0 or devcluster.missing_packages():
-        pytest.fail("needs root and the Slurm packages: run `make install` (python -m hpc.devcluster install) as root")
+        pytest.fail("needs root and the Slurm packages: run `make install` (python -m hpc.dev.cluster install) as root")
     was_running = devcluster.is_running()
     info = devcluster.start()
     yield info

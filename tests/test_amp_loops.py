@@ -1,4 +1,4 @@
-"""vit_train.amp_loops: ColossalAI's mixed-precision optimizer steps with all-parameter kernels and
+"""vit_train.patches.amp_loops: ColossalAI's mixed-precision optimizer steps with all-parameter kernels and
 trains bit-identically to the stock per-parameter loops.
 
 A child under ``torchrun --nproc_per_node 2`` (gloo, CPU) trains a tiny ViT in bf16 through
@@ -110,8 +110,8 @@ def _child() -> dict[str, Any]:
     import colossalai
     import torch
 
-    from vit_train.amp_loops import apply_amp_loop_fix
-    from vit_train.cpu_compat import apply_cpu_compat
+    from vit_train.patches.amp_loops import apply_amp_loop_fix
+    from vit_train.patches.cpu_compat import apply_cpu_compat
 
     colossalai.launch_from_torch(seed=0)
     apply_cpu_compat()

@@ -26,12 +26,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpc import submission
+from hpc import site_profile, submission
 from hpc.grid import GRID_KEYS, GridError, expand, load_grid, parse_grid
 from hpc.preflight import PreflightError, check_file
 from tests import reliability_report
 from tests.train_utils import base_args, run_cli
-from vit_train import checkpoint
+from vit_train.components import checkpoint
 from vit_train.config import ConfigError, valid_dotted_keys
 
 BASE_GRID: dict[str, Any] = {
@@ -156,10 +156,10 @@ def grid_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     profiles = tmp_path / "profiles"
     profiles.mkdir()
-    for p in submission.PROFILE_DIR.glob("*.yaml"):
+    for p in site_profile.PROFILE_DIR.glob("*.yaml"):
         (profiles / p.name).write_text(p.read_text())
     (profiles / "badkey.yaml").write_text("description: a profile with a typo\nmodules: [cuda]\n")
-    monkeypatch.setattr(submission, "load_profile", functools.partial(submission.load_profile, profile_dir=profiles))
+    monkeypatch.setattr(submission, "load_profile", functools.partial(site_profile.load_profile, profile_dir=profiles))
     return tmp_path
 
 

@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 from tests.train_utils import REPO, child_env
-from vit_train.bench import CONFIGS, skip_reason
+from vit_train.bench.runner import CONFIGS, skip_reason
 
 
 def test_bench_runs_every_configuration_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "vit_train.bench", "--model", "tiny", "--steps", "3", "--warmup", "2",
+    cmd = [sys.executable, "-m", "vit_train.bench.runner", "--model", "tiny", "--steps", "3", "--warmup", "2",
            "--batch-size", "16", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-6000:]}"

@@ -1,4 +1,4 @@
-"""vit_train.distributed.broadcast_module: every rank ends with rank 0's parameters and buffers.
+"""vit_train.distributed.process_group.broadcast_module: every rank ends with rank 0's parameters and buffers.
 
 The trainer calls it after building a preset's random weights on each rank's GPU, where torch's CUDA
 sampling can draw other values on another GPU model. No GPU here: two real gloo ranks under
@@ -26,7 +26,7 @@ def _child() -> dict[str, Any]:
     import torch.distributed as dist
 
     from tests.train_utils import tiny_vit
-    from vit_train.distributed import broadcast_module
+    from vit_train.distributed.process_group import broadcast_module
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -1,4 +1,4 @@
-"""Tests for vit_train.cpu_compat: each fix is exercised with the real ColossalAI 0.5.0.
+"""Tests for vit_train.patches.cpu_compat: each fix is exercised with the real ColossalAI 0.5.0.
 
 Every test runs this file as a child process (``python tests/test_cpu_compat.py <scenario>``,
 under ``torchrun --nproc_per_node 2`` for the distributed ones), so the monkeypatches never leak
@@ -95,7 +95,7 @@ def test_fix4_hybrid_adam_matches_torch() -> None:
 def test_apply_is_noop_with_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from vit_train import cpu_compat
+    from vit_train.patches import cpu_compat
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cpu_compat.apply_cpu_compat() == []
@@ -170,7 +170,7 @@ def _child_hybrid_adam() -> dict[str, Any]:
     import torch
     from colossalai.nn.optimizer import HybridAdam
 
-    from vit_train.cpu_compat import apply_cpu_compat
+    from vit_train.patches.cpu_compat import apply_cpu_compat
 
     res: dict[str, Any] = {"unpatched_error": _error(lambda: HybridAdam([torch.nn.Parameter(torch.zeros(2))]))}
     res["applied"] = apply_cpu_compat()
@@ -227,13 +227,12 @@ class _NoBiasCorrectionAdamW:
 
 def _child_distributed(scenario: str) -> dict[str, Any]:
     import colossalai
-    import torch
     import torch.distributed as dist
     from colossalai.accelerator import get_accelerator
     from colossalai.booster import Booster
     from colossalai.booster.plugin import HybridParallelPlugin, LowLevelZeroPlugin
 
-    from vit_train.cpu_compat import apply_cpu_compat
+    from vit_train.patches.cpu_compat import apply_cpu_compat
 
     colossalai.launch_from_torch(seed=0)
     assert dist.get_backend() == "gloo" and dist.get_world_size() == 2
@@ -274,7 +273,7 @@ def _child_distributed(scenario: str) -> dict[str, Any]:
 def _child_main(scenario: str) -> None:
     import logging
 
-    from vit_train.shutdown import clean_exit
+    from vit_train.distributed.shutdown import clean_exit
 
     logging.basicConfig(level=logging.INFO)
     try:

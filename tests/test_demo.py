@@ -39,7 +39,7 @@ def test_demo_flow_prints_the_table_of_the_result_files(slurm_cluster, tmp_path:
     grids = _trimmed_grids(tmp_path)
     make_beans_like(tmp_path / "demo_runs" / "data" / "beans_synthetic", num_train=160, num_validation=40,
                     num_test=8, image_size=32, seed=0)
-    proc = subprocess.run([sys.executable, "-m", "hpc.demo", "--grids-dir", str(grids), "--keep-cluster",
+    proc = subprocess.run([sys.executable, "-m", "hpc.dev.demo", "--grids-dir", str(grids), "--keep-cluster",
                            "--timeout", "420"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]

@@ -1,4 +1,4 @@
-"""The local dev Slurm cluster (hpc.devcluster), driven with the real sbatch / srun / sacct."""
+"""The local dev Slurm cluster (hpc.dev.cluster), driven with the real sbatch / srun / sacct."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc import devcluster
+from hpc.dev import cluster as devcluster
 
 pytestmark = pytest.mark.slurm
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slurm
 def _needs_root_and_packages() -> None:
     """Not a skip: `make test` installs the packages and CI runs as root, so a miss is a failure."""
     if os.geteuid() != 0 or devcluster.missing_packages():
-        pytest.fail("needs root and the Slurm packages: run `make install` (python -m hpc.devcluster install) as root")
+        pytest.fail("needs root and the Slurm packages: run `make install` (python -m hpc.dev.cluster install) as root")
 
 JOB_TIMEOUT = 60.0  # s; a tiny job takes 1-2 s here
 SLEEP_MARK = "297.5"  # `sleep 297.5`: a job process we can find in /proc by its command line

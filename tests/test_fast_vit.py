@@ -1,4 +1,4 @@
-"""vit_train.fast_vit: the rewritten ViT forwards compute what transformers' forwards compute.
+"""vit_train.kernels.fast_vit: the rewritten ViT forwards compute what transformers' forwards compute.
 
 Real transformers ViT (a small config, fp32, CPU): outputs, losses and every parameter gradient of
 a model with the fast forwards bound equal the stock model's; parameter names are unchanged; the
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vit_train.config import ModelConfig
-from vit_train.fast_vit import apply_fast_forwards
+from vit_train.kernels.fast_vit import apply_fast_forwards
 from vit_train.model import build_model
 
 

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from tests import reliability_report
 from tests.train_utils import base_args, child_env, run_cli
-from vit_train import checkpoint
-from vit_train.faults import CKPT_POINTS
+from vit_train.components import checkpoint
+from vit_train.components.faults import CKPT_POINTS
 
 SEED = 42  # RunConfig.seed: model head init and data order
 NPROC = 2

@@ -1,4 +1,4 @@
-"""vit_train.fused_mlp: the MLP's first product + exact GELU as one operator computes what
+"""vit_train.kernels.fused_mlp: the MLP's first product + exact GELU as one operator computes what
 ``F.gelu(F.linear(x, W, b))`` computes, forward and backward, eager and compiled, with autocast.
 
 The CUDA backward runs a Triton kernel; CI has no GPU, so that kernel runs here in Triton's
@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_train.fused_mlp import linear_gelu_autocast
+from vit_train.kernels.fused_mlp import linear_gelu_autocast
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_operator_registrations() -> None:
 
 
 def _interpreter_child() -> None:
-    from vit_train import fused_mlp
+    from vit_train.kernels import fused_mlp
 
     fused_mlp._use_triton = lambda t: True  # the kernel on CPU tensors, through the interpreter
     out = []

@@ -4,7 +4,7 @@ With one rank there is nothing to reduce, and the reduction side stream costs ho
 parameter gradient (BENCHMARKS.md, Gemini). The plugin itself is built for real under ``torchrun``
 (gloo, CPU): GeminiPlugin's constructor runs here; training with it needs CUDA (tested on the H100,
 see BENCHMARKS.md), so only the options it was given are checked. RunConfig.check_world refuses Gemini
-on CPU, so the child calls ``vit_train.plugins._gemini`` directly.
+on CPU, so the child calls ``vit_train.distributed.plugins._gemini`` directly.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_async_reduce_only_with_several_ranks() -> None:
 def _child() -> dict[str, Any]:
     import torch.distributed as dist
 
-    from vit_train import plugins
+    from vit_train.distributed import plugins
     from vit_train.config import RunConfig
 
     dist.init_process_group("gloo")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpc.grid import GridError, SlurmResources, expand, format_value, load_grid, parse_grid, run_signature
+from hpc.grid import GridError, expand, format_value, load_grid, parse_grid, run_signature
+from hpc.slurm_resources import SlurmResources
 from vit_train.config import ConfigError, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]

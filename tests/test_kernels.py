@@ -1,4 +1,4 @@
-"""hpc.kernels: one build per cache under a flock, stale torch batons recovered.
+"""vit_train.kernels.jit_cache: one build per cache under a flock, stale torch batons recovered.
 
 Real everything: real C++ extensions compiled by gcc through torch.utils.cpp_extension (a one-function
 ``load_inline`` add, ~30 s on 2 cores, most of it parsing torch/extension.h), real processes, a real
@@ -30,7 +30,7 @@ LOAD_INLINE_CHILD = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    from hpc.kernels import build_lock, clear_stale_baton, torch_extensions_dir
+    from vit_train.kernels.jit_cache import build_lock, clear_stale_baton, torch_extensions_dir
 
     cache, result, marker = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     os.environ["TORCH_EXTENSIONS_DIR"] = str(torch_extensions_dir(cache))
@@ -156,7 +156,7 @@ def test_lock_rules(tmp_path: Path) -> None:
         holder = (root / kernels.LOCK_FILE).read_text()
         assert f"pid {os.getpid()}" in holder
 
-    hold = _start("import sys, time\nfrom hpc.kernels import build_lock\n"
+    hold = _start("import sys, time\nfrom vit_train.kernels.jit_cache import build_lock\n"
                   "with build_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n", tmp_path)
     try:
         assert hold.stdout is not None and hold.stdout.readline().strip() == "held"
@@ -180,7 +180,7 @@ COLOSSALAI_CHILD = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from colossalai.kernel.extensions.cpp_extension import _CppExtension
-    from hpc.kernels import colossalai_build_dir, use_kernel_cache
+    from vit_train.kernels.jit_cache import colossalai_build_dir, use_kernel_cache
 
     cache, source = Path(sys.argv[1]), Path(sys.argv[2])
 
@@ -215,7 +215,7 @@ def test_colossalai_extension_builds_into_cache_under_lock(tmp_path: Path) -> No
     source.write_text("#include <pybind11/pybind11.h>\nint add(int a, int b) { return a + b; }\n"
                       "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def(\"add\", &add); }\n")
     build_dir = Path(subprocess.run(
-        [sys.executable, "-c", "import sys; from hpc.kernels import colossalai_build_dir as d; print(d(sys.argv[1]))",
+        [sys.executable, "-c", "import sys; from vit_train.kernels.jit_cache import colossalai_build_dir as d; print(d(sys.argv[1]))",
          str(cache)], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120, check=True).stdout.strip())
     build_dir.mkdir(parents=True)
     # What a killed builder leaves (the SIGKILL test above shows a real one does exactly this).

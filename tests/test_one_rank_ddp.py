@@ -1,4 +1,4 @@
-"""vit_train.one_rank_ddp: HybridParallelPlugin and TorchDDPPlugin leave out torch DDP over a one-rank
+"""vit_train.patches.one_rank_ddp: HybridParallelPlugin and TorchDDPPlugin leave out torch DDP over a one-rank
 group, and train bit-identically to ColossalAI as shipped.
 
 Real ColossalAI plugins and a tiny real transformers ViT, under ``torchrun`` (gloo, CPU).
@@ -117,8 +117,8 @@ def _child() -> dict[str, Any]:
     import colossalai
     import torch
 
-    from vit_train.cpu_compat import apply_cpu_compat
-    from vit_train.one_rank_ddp import apply_hybrid_ddp_fix, apply_torch_ddp_fix
+    from vit_train.patches.cpu_compat import apply_cpu_compat
+    from vit_train.patches.one_rank_ddp import apply_hybrid_ddp_fix, apply_torch_ddp_fix
 
     colossalai.launch_from_torch(seed=0)
     apply_cpu_compat()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -80,8 +79,8 @@ def test_readme_command_parses(cmd: str) -> None:
         args = train_parser().parse_args(rest)
         if args.config is None:
             config_from_args(args)  # values are validated too
-    elif words[:3] == ["python", "-m", "hpc.devcluster"]:
-        from hpc import devcluster
+    elif words[:3] == ["python", "-m", "hpc.dev.cluster"]:
+        from hpc.dev import cluster as devcluster
 
         assert set(words[3].split("|")) <= {"start", "stop", "status", "install"}
         assert callable(devcluster.start)

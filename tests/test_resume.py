@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.train_utils import base_args, child_env, run_cli, train_losses
+from tests.train_utils import base_args, child_env, run_cli
 
 EPOCHS_2 = {"optim.epochs": 2, "optim.max_steps": 24, "checkpoint.export_hf": True}
 

@@ -28,7 +28,7 @@ import torch
 
 from tests import reliability_report
 from tests.train_utils import REPO, base_args, child_env, run_cli
-from vit_train import checkpoint
+from vit_train.components import checkpoint
 
 SECRETS = {"HF_TOKEN": "hf_secret_XXXX", "WANDB_API_KEY": "wandb_secret_YYYY"}
 

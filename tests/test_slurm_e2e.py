@@ -26,10 +26,10 @@ import pytest
 import yaml
 
 import hpc.job
-from hpc import runstate, submission
+from hpc import runstate, site_profile, slurm_query, submission
 from hpc.cli import main as cli_main
 from hpc.job import TrainJob
-from hpc.runstate import SlurmJobState
+from hpc.slurm_query import SlurmJobState
 from tests.train_utils import child_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def _sacct_final(job_id: str, timeout: float = 60) -> SlurmJobState:
     """The job's end state in accounting (sacct learns it a few seconds after squeue)."""
     deadline = time.monotonic() + timeout
     while True:
-        st = runstate.sacct_states([job_id]).get(job_id)
+        st = slurm_query.sacct_states([job_id]).get(job_id)
         if st is not None and st.state not in runstate.RUNNING_STATES | runstate.PENDING_STATES:
             return st
         if time.monotonic() > deadline:
@@ -180,7 +180,7 @@ def test_grid_runs_to_completion_and_resubmitting_is_idempotent(stub_jobs: Any, 
     array = ids[0].split("_")[0]
     written = (grid_dir / ".submitit" / array / f"{array}_submission.sh").read_text()
     spec = submission.load_grid(grid)
-    assert written == submission.render_sbatch(spec, submission.load_profile("local"), 3)
+    assert written == submission.render_sbatch(spec, site_profile.load_profile("local"), 3)
     # again: nothing to do
     lines.clear()
     again = submission.submit(grid, out=lines.append)

@@ -1,4 +1,4 @@
-"""Tests for hpc.slurm_env with plain dicts: the reader is pure, so no Slurm is needed.
+"""Tests for vit_train.distributed.slurm_env with plain dicts: the reader is pure, so no Slurm is needed.
 
 The variable sets below mirror what srun exports for a task (names and formats as in Slurm 22.05,
 the version of the project's local cluster); the real-cluster path is covered by the Slurm tests.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc.slurm_env import (
+from vit_train.distributed.slurm_env import (
     ClusterEnv,
     SlurmEnvError,
     expand_hostlist,
@@ -179,7 +179,7 @@ def test_multi_task_without_nodelist_fails() -> None:
 
 def test_module_imports_no_torch() -> None:
     """House rule 6: the Slurm reader is importable on a login node without torch."""
-    source = Path(sys.modules["hpc.slurm_env"].__file__).read_text()  # type: ignore[arg-type]
+    source = Path(sys.modules["vit_train.distributed.slurm_env"].__file__).read_text()  # type: ignore[arg-type]
     imported = {
         (n.module or "") if isinstance(n, ast.ImportFrom) else a.name
         for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Import, ast.ImportFrom))

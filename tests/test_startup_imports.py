@@ -1,6 +1,6 @@
 """Start-up of training processes (vit_train/startup.py, run by vit_train/__init__.py).
 
-vit_train.lazy_compile: ColossalAI's import-time ``torch.compile`` decorations are compiled on
+vit_train.patches.lazy_compile: ColossalAI's import-time ``torch.compile`` decorations are compiled on
 first call instead, with the same arguments and the same results; nothing else changes.
 
 The module-level tests use a recording stand-in for ``torch.compile`` (so the count of compilations
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vit_train.lazy_compile import CompileOnFirstCall, _deferred_compile
+from vit_train.patches.lazy_compile import CompileOnFirstCall, _deferred_compile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ import vit_train  # installs the hook (unless switched off)
 import colossalai.quantization.fp8 as fp8
 import colossalai.shardformer.layer.attn as attn
 from torch._dynamo.utils import counters
-from vit_train.lazy_compile import CompileOnFirstCall
+from vit_train.patches.lazy_compile import CompileOnFirstCall
 
 fn = attn._rescale_out_lse
 deferred = isinstance(fn, CompileOnFirstCall)

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from hpc import runstate, submission
+from hpc import runstate, site_profile, slurm_query, submission
 from hpc.cli import main as cli_main
 from hpc.preflight import PreflightError, parse_slurm_minutes
-from hpc.runstate import SlurmJobState, classify
+from hpc.runstate import classify
+from hpc.slurm_query import SlurmJobState
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "dry_run_cpu_tiny.sbatch"
@@ -66,13 +67,13 @@ def test_classify(facts: dict[str, Any], phase: str) -> None:
 def test_parse_slurm_rows_expands_pending_array_ranges() -> None:
     text = "12_0|COMPLETED|0:0|None|00:00:20\n12_1|CANCELLED by 0|0:15|None|00:00:03\n" \
            "12_[2-4,7%2]|PENDING|0:0|JobArrayTaskLimit|00:00:00\n12.batch|COMPLETED|0:0||00:00:20\n"
-    rows = runstate._parse_rows(text, ("job_id", "state", "exit_code", "reason", "elapsed"))
+    rows = slurm_query._parse_rows(text, ("job_id", "state", "exit_code", "reason", "elapsed"))
     assert sorted(rows) == ["12_0", "12_1", "12_2", "12_3", "12_4", "12_7"]
     assert rows["12_1"].state == "CANCELLED" and rows["12_1"].exit_code == "0:15"
     assert rows["12_7"] == SlurmJobState("12_7", "PENDING", "0:0", "JobArrayTaskLimit", "00:00:00")
     # an array cancelled while wholly pending keeps only its bare id in sacct
-    whole = runstate._parse_rows("13|CANCELLED by 0|0:0|None|00:00:00\n", ("job_id", "state", "exit_code", "reason", "elapsed"))
-    assert runstate.lookup(whole, "13_1") == SlurmJobState("13", "CANCELLED", "0:0", "None", "00:00:00")
+    whole = slurm_query._parse_rows("13|CANCELLED by 0|0:0|None|00:00:00\n", ("job_id", "state", "exit_code", "reason", "elapsed"))
+    assert slurm_query.lookup(whole, "13_1") == SlurmJobState("13", "CANCELLED", "0:0", "None", "00:00:00")
 
 
 def test_parse_slurm_minutes() -> None:
@@ -158,17 +159,17 @@ def test_last_error_line_prefers_the_error(tmp_path: Path) -> None:
 def test_slurm_states_without_slurm_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """No sacct/squeue on PATH (e.g. a laptop): empty answers, no exception."""
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert runstate.sacct_states(["12_3"]) == {} and runstate.squeue_states(["12"]) == {}
-    assert runstate.slurm_states(["12_3"]) == {}
+    assert slurm_query.sacct_states(["12_3"]) == {} and slurm_query.squeue_states(["12"]) == {}
+    assert slurm_query.slurm_states(["12_3"]) == {}
 
 
 # ---------------------------------------------------------------------------- site profiles
 def test_shipped_profiles_load() -> None:
-    assert {"local", "example_site"} <= set(submission.available_profiles())
-    local = submission.load_profile("local")
+    assert {"local", "example_site"} <= set(site_profile.available_profiles())
+    local = site_profile.load_profile("local")
     assert local.env["OMP_NUM_THREADS"] == "1" and local.env["PYTHONPATH"].startswith(str(REPO))
     assert 'export PYTHONPATH="' + str(REPO) + '${PYTHONPATH:+:$PYTHONPATH}"' in local.setup_lines()
-    site = submission.load_profile("example_site")
+    site = site_profile.load_profile("example_site")
     assert site.sbatch["partition"] == "gpu" and site.env["HF_HUB_OFFLINE"] == "1"
     assert any(line.startswith("module load cuda") for line in site.setup)
     assert "partition" not in site.extra_sbatch()  # a default the grid may override, not an extra option
@@ -180,29 +181,29 @@ def _profile(tmp_path: Path, text: str) -> Path:
 
 
 def test_profile_errors_name_the_key_and_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(submission.ProfileError, match=r"unknown key\(s\) \['modules'\]; valid keys: description, setup, sbatch, env"):
-        submission.load_profile("site", _profile(tmp_path, "description: x\nmodules: [cuda]\n"))
-    with pytest.raises(submission.ProfileError, match=r"\['time'\] are set per grid"):
-        submission.load_profile("site", _profile(tmp_path, "description: x\nsbatch: {time: 10}\n"))
-    with pytest.raises(submission.ProfileError, match="setup must be a list"):
-        submission.load_profile("site", _profile(tmp_path, "description: x\nsetup: module load cuda\n"))
-    with pytest.raises(submission.ProfileError, match="env must map variable names"):
-        submission.load_profile("site", _profile(tmp_path, "description: x\nenv: {1BAD: x}\n"))
-    with pytest.raises(submission.ProfileError, match="available: site"):
-        submission.load_profile("nosuch", tmp_path)
+    with pytest.raises(site_profile.ProfileError, match=r"unknown key\(s\) \['modules'\]; valid keys: description, setup, sbatch, env"):
+        site_profile.load_profile("site", _profile(tmp_path, "description: x\nmodules: [cuda]\n"))
+    with pytest.raises(site_profile.ProfileError, match=r"\['time'\] are set per grid"):
+        site_profile.load_profile("site", _profile(tmp_path, "description: x\nsbatch: {time: 10}\n"))
+    with pytest.raises(site_profile.ProfileError, match="setup must be a list"):
+        site_profile.load_profile("site", _profile(tmp_path, "description: x\nsetup: module load cuda\n"))
+    with pytest.raises(site_profile.ProfileError, match="env must map variable names"):
+        site_profile.load_profile("site", _profile(tmp_path, "description: x\nenv: {1BAD: x}\n"))
+    with pytest.raises(site_profile.ProfileError, match="available: site"):
+        site_profile.load_profile("nosuch", tmp_path)
 
 
 def test_grid_resources_override_profile_defaults(tmp_path: Path) -> None:
     from hpc.grid import parse_grid
 
-    prof = submission.load_profile("site", _profile(tmp_path, """
+    prof = site_profile.load_profile("site", _profile(tmp_path, """
         description: x
         sbatch: {partition: gpu, account: proj, mail_type: FAIL, exclusive: true, reservation: false}
         env: {HF_HOME: '/shared/$USER/hf "x"'}
         """))
     spec = parse_grid({"profile": "site", "slurm": {"partition": "long", "nodes": 2, "gpus_per_node": 4,
                                                      "time_min": 90}}, base_dir=tmp_path, default_name="g")
-    params = submission.executor_parameters(spec, prof)
+    params = site_profile.executor_parameters(spec, prof)
     assert params["partition"] == "long" and params["account"] == "proj"
     assert (params["nodes"], params["ntasks_per_node"], params["gpus_per_node"], params["time"]) == (2, 4, 4, 90)
     assert params["additional_parameters"] == {"requeue": True, "mail-type": "FAIL", "exclusive": True}

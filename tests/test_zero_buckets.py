@@ -1,4 +1,4 @@
-"""vit_train.zero_buckets: ZeRO gradient buckets that span parameter groups, with the real ColossalAI.
+"""vit_train.patches.zero_buckets: ZeRO gradient buckets that span parameter groups, with the real ColossalAI.
 
 A child process under ``torchrun --nproc_per_node 2`` (gloo, CPU) trains a tiny ViT with the
 project's two parameter groups (weight decay 0.5 on matrices, none on biases/LayerNorm, a large
@@ -110,7 +110,6 @@ def _zero(stage: int) -> tuple[dict[str, Any], float]:
 
 def _switches() -> int:
     """How often consecutive gradients change parameter group in backward (accumulation) order."""
-    import torch
 
     model = _model()
     group_of = {id(p): int(p.ndim <= 1) for p in model.parameters()}
@@ -125,8 +124,8 @@ def _switches() -> int:
 def _child() -> dict[str, Any]:
     import colossalai
 
-    from vit_train.cpu_compat import apply_cpu_compat
-    from vit_train.zero_buckets import apply_zero_bucket_fix
+    from vit_train.patches.cpu_compat import apply_cpu_compat
+    from vit_train.patches.zero_buckets import apply_zero_bucket_fix
 
     colossalai.launch_from_torch(seed=0)
     apply_cpu_compat()

@@ -105,7 +105,7 @@ def run_torchrun_child(script: Path, nproc: int, timeout: float) -> dict[str, An
 def child_main(body: Any) -> None:
     """The child side of :func:`run_torchrun_child`: rank 0 prints ``CHILD_RESULT <json of body()>``;
     every rank leaves through clean_exit (1 after printing the traceback of a failure)."""
-    from vit_train.shutdown import clean_exit
+    from vit_train.distributed.shutdown import clean_exit
 
     try:
         result = body()

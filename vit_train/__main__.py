@@ -3,7 +3,7 @@
 import sys
 
 from vit_train.cli import main
-from vit_train.shutdown import clean_exit
+from vit_train.distributed.shutdown import clean_exit
 
 if __name__ == "__main__":
     code = main(sys.argv[1:])

@@ -129,12 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(cfg: RunConfig, stop: Any) -> int:
     """Build and run one training; returns the process exit code (the caller exits)."""
-    from vit_train.distributed import init_distributed
+    from vit_train.distributed.process_group import init_distributed
     from vit_train.trainer import Trainer
 
     env = init_distributed(cfg.seed)
     if env.on_cuda:
-        from hpc.kernels import kernel_cache_from_env, use_kernel_cache
+        from vit_train.kernels.jit_cache import kernel_cache_from_env, use_kernel_cache
 
         # ColossalAI JIT-builds HybridAdam/fused kernels on first use; with a shared cache named by
         # $VIT_TRAIN_KERNEL_CACHE one job builds (under a lock that cannot go stale), others reuse.

@@ -16,22 +16,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from vit_train.config_tools import (
+    ConfigError,
+    build_section,
+    coerce,
+    divisors,
+    fail,
+    field_type,
+    flatten,
+    to_plain,
+)
+from vit_train.distributed.layout import ParallelConfig
 from vit_train.model_shapes import ModelShape, model_shape
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field, the value and the fix."""
-
-
-def _fail(field_name: str, value: Any, fix: str) -> None:
-    raise ConfigError(f"{field_name}={value!r}: {fix}")
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-PLUGINS = ("torch_ddp", "low_level_zero", "gemini", "hybrid_parallel")
 PRECISIONS = ("fp32", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "hybrid_adam")
 LR_SCALINGS = ("none", "linear", "sqrt")
@@ -50,7 +48,7 @@ class ModelConfig:
     """torch.compile the model's forward/backward (GPU speed; the first steps pay the compile time)."""
     fast_forwards: bool = True
     """One Q/K/V product per attention layer and the patch embedding as one product
-    (vit_train.fast_vit): same parameters and maths, a tenth more images/s on an H100. Not applied
+    (vit_train.kernels.fast_vit): same parameters and maths, a tenth more images/s on an H100. Not applied
     under tensor parallelism (sharded Q/K/V); Gemini keeps the stock patch embedding."""
     cls_only_last_layer: bool = True
     """With fast_forwards: the classifier reads only the [CLS] token, so the last layer computes
@@ -58,14 +56,14 @@ class ModelConfig:
     percent less work for ViT-B/16. Not with pipeline parallelism (ColossalAI replaces that forward)."""
     fused_mlp: bool = True
     """With fast_forwards and compile: each MLP's first product + exact GELU as one operator whose
-    backward computes the GELU gradient and the bias gradient in one pass (vit_train.fused_mlp, a
+    backward computes the GELU gradient and the bias gradient in one pass (vit_train.kernels.fused_mlp, a
     Triton kernel on CUDA); same maths, +2 percent images/s on an H100 (same-run A/B)."""
 
     def __post_init__(self) -> None:
         if not self.name:
-            _fail("model.name", self.name, "give a preset name, a hub id or a local model folder")
+            fail("model.name", self.name, "give a preset name, a hub id or a local model folder")
         if self.attn_implementation not in ("sdpa", "eager"):
-            _fail("model.attn_implementation", self.attn_implementation, "use 'sdpa' or 'eager'")
+            fail("model.attn_implementation", self.attn_implementation, "use 'sdpa' or 'eager'")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,13 +92,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not self.dataset:
-            _fail("data.dataset", self.dataset, "give a hub id, a save_to_disk folder or an image folder")
+            fail("data.dataset", self.dataset, "give a hub id, a save_to_disk folder or an image folder")
         if self.num_workers < 0:
-            _fail("data.num_workers", self.num_workers, "use 0 (load in the main process) or more")
+            fail("data.num_workers", self.num_workers, "use 0 (load in the main process) or more")
         for name in ("max_train_samples", "max_eval_samples"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                _fail(f"data.{name}", v, "use a positive count or leave it unset for all samples")
+                fail(f"data.{name}", v, "use a positive count or leave it unset for all samples")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,91 +130,30 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            _fail("optim.epochs", self.epochs, "use 1 or more")
+            fail("optim.epochs", self.epochs, "use 1 or more")
         if self.max_steps is not None and self.max_steps < 1:
-            _fail("optim.max_steps", self.max_steps, "use a positive step count or leave it unset")
+            fail("optim.max_steps", self.max_steps, "use a positive step count or leave it unset")
         if self.batch_size < 1:
-            _fail("optim.batch_size", self.batch_size, "use a positive global batch size")
+            fail("optim.batch_size", self.batch_size, "use a positive global batch size")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            _fail("optim.lr", self.lr, "use a positive finite learning rate such as 2e-4")
+            fail("optim.lr", self.lr, "use a positive finite learning rate such as 2e-4")
         if self.lr_scaling not in LR_SCALINGS:
-            _fail("optim.lr_scaling", self.lr_scaling, f"use one of {', '.join(LR_SCALINGS)}")
+            fail("optim.lr_scaling", self.lr_scaling, f"use one of {', '.join(LR_SCALINGS)}")
         if not (0 <= self.weight_decay < 10):
-            _fail("optim.weight_decay", self.weight_decay, "use a value in [0, 10)")
+            fail("optim.weight_decay", self.weight_decay, "use a value in [0, 10)")
         if not (0 <= self.warmup_ratio < 1):
-            _fail("optim.warmup_ratio", self.warmup_ratio, "use a fraction in [0, 1)")
+            fail("optim.warmup_ratio", self.warmup_ratio, "use a fraction in [0, 1)")
         if self.optimizer not in OPTIMIZERS:
-            _fail("optim.optimizer", self.optimizer, f"use one of {', '.join(OPTIMIZERS)}")
+            fail("optim.optimizer", self.optimizer, f"use one of {', '.join(OPTIMIZERS)}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            _fail("optim.betas", self.betas, "use two values in [0, 1), e.g. [0.9, 0.999]")
+            fail("optim.betas", self.betas, "use two values in [0, 1), e.g. [0.9, 0.999]")
         for name in ("eps", "max_grad_norm", "weight_decay", "warmup_ratio"):
             if not math.isfinite(getattr(self, name)):
-                _fail(f"optim.{name}", getattr(self, name), "use a finite number")
+                fail(f"optim.{name}", getattr(self, name), "use a finite number")
         if not self.eps > 0:
-            _fail("optim.eps", self.eps, "use a small positive number such as 1e-8")
+            fail("optim.eps", self.eps, "use a small positive number such as 1e-8")
         if self.max_grad_norm < 0:
-            _fail("optim.max_grad_norm", self.max_grad_norm, "use 0 (no clipping) or a positive norm")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ParallelConfig:
-    plugin: str = "torch_ddp"
-    """ColossalAI Booster plugin: torch_ddp | low_level_zero | gemini | hybrid_parallel."""
-    zero_stage: int = 0
-    """ZeRO stage: low_level_zero takes 1 or 2; hybrid_parallel takes 0, 1 or 2; others ignore it (0)."""
-    tp_size: int = 1
-    """Tensor-parallel size (hybrid_parallel only); must divide the model's attention heads."""
-    pp_size: int = 1
-    """Pipeline-parallel size (hybrid_parallel only); at most the model's layer count."""
-    num_microbatches: int | None = None
-    """Pipeline micro-batches per step (pp_size > 1); give this or microbatch_size, not both."""
-    microbatch_size: int | None = None
-    """Pipeline micro-batch size in images (pp_size > 1)."""
-    enable_all_optimization: bool = False
-    """hybrid_parallel: turn on ColossalAI's fused kernels / flash attention where available."""
-    gemini_placement: str = "static"
-    """gemini: static (offload_optim_frac decides) or auto (memory-tracer driven)."""
-    offload_optim_frac: float = 0.0
-    """gemini static placement: fraction of optimizer state kept on CPU."""
-
-    def __post_init__(self) -> None:
-        if self.plugin not in PLUGINS:
-            _fail("parallel.plugin", self.plugin, f"use one of {', '.join(PLUGINS)}")
-        if self.tp_size < 1 or self.pp_size < 1:
-            _fail("parallel.tp_size/pp_size", (self.tp_size, self.pp_size), "use sizes >= 1")
-        if self.plugin != "hybrid_parallel" and (self.tp_size, self.pp_size) != (1, 1):
-            _fail(
-                "parallel.plugin",
-                self.plugin,
-                f"tp_size={self.tp_size}, pp_size={self.pp_size} need plugin 'hybrid_parallel'",
-            )
-        if self.plugin == "low_level_zero" and self.zero_stage not in (1, 2):
-            _fail("parallel.zero_stage", self.zero_stage, "low_level_zero takes zero_stage 1 or 2")
-        if self.plugin == "hybrid_parallel" and self.zero_stage not in (0, 1, 2):
-            _fail("parallel.zero_stage", self.zero_stage, "hybrid_parallel takes zero_stage 0, 1 or 2")
-        if self.plugin in ("torch_ddp", "gemini") and self.zero_stage != 0:
-            _fail("parallel.zero_stage", self.zero_stage, f"{self.plugin} has no zero_stage; leave it 0")
-        if self.pp_size > 1 and self.zero_stage == 2:
-            _fail("parallel.zero_stage", 2, "ZeRO-2 cannot be combined with pp_size > 1; use zero_stage 0 or 1")
-        if self.pp_size > 1:
-            if (self.num_microbatches is None) == (self.microbatch_size is None):
-                _fail(
-                    "parallel.num_microbatches",
-                    self.num_microbatches,
-                    "pp_size > 1 needs exactly one of num_microbatches or microbatch_size",
-                )
-        for name in ("num_microbatches", "microbatch_size"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                _fail(f"parallel.{name}", v, "use a positive value")
-        if self.gemini_placement not in ("static", "auto"):
-            _fail("parallel.gemini_placement", self.gemini_placement, "use 'static' or 'auto'")
-        if not (0.0 <= self.offload_optim_frac <= 1.0):
-            _fail("parallel.offload_optim_frac", self.offload_optim_frac, "use a fraction in [0, 1]")
-
-    @property
-    def model_parallel_size(self) -> int:
-        return self.tp_size * self.pp_size
+            fail("optim.max_grad_norm", self.max_grad_norm, "use 0 (no clipping) or a positive norm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,9 +167,9 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         if self.every_n_steps < 0:
-            _fail("checkpoint.every_n_steps", self.every_n_steps, "use 0 (end only) or a positive interval")
+            fail("checkpoint.every_n_steps", self.every_n_steps, "use 0 (end only) or a positive interval")
         if self.keep_last < 1:
-            _fail("checkpoint.keep_last", self.keep_last, "keep at least 1 checkpoint to resume from")
+            fail("checkpoint.keep_last", self.keep_last, "keep at least 1 checkpoint to resume from")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,9 +183,9 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         if self.log_every_n_steps < 1:
-            _fail("logging.log_every_n_steps", self.log_every_n_steps, "use 1 or more")
+            fail("logging.log_every_n_steps", self.log_every_n_steps, "use 1 or more")
         if self.eval_every_n_epochs < 1:
-            _fail("logging.eval_every_n_epochs", self.eval_every_n_epochs, "use 1 or more")
+            fail("logging.eval_every_n_epochs", self.eval_every_n_epochs, "use 1 or more")
 
 
 SECTIONS: dict[str, type] = {
@@ -301,28 +238,28 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
-                _fail(name, getattr(self, name), f"must be a {cls.__name__}; build it with RunConfig.from_dict")
+                fail(name, getattr(self, name), f"must be a {cls.__name__}; build it with RunConfig.from_dict")
         if self.precision not in PRECISIONS:
-            _fail("precision", self.precision, f"use one of {', '.join(PRECISIONS)}")
+            fail("precision", self.precision, f"use one of {', '.join(PRECISIONS)}")
         p, o = self.parallel, self.optim
         if p.plugin == "gemini":
             if self.precision == "fp32":
-                _fail("precision", "fp32", "gemini trains in fp16 or bf16 only; set precision: bf16")
+                fail("precision", "fp32", "gemini trains in fp16 or bf16 only; set precision: bf16")
             if o.optimizer != "hybrid_adam":
-                _fail("optim.optimizer", o.optimizer, "gemini needs optimizer 'hybrid_adam' (it shards ColossalAI's HybridAdam)")
+                fail("optim.optimizer", o.optimizer, "gemini needs optimizer 'hybrid_adam' (it shards ColossalAI's HybridAdam)")
         if self.model.compile and (p.plugin == "gemini" or p.pp_size > 1):
-            _fail("model.compile", True, "is not supported with gemini or pp_size > 1 (their wrappers re-enter the "
+            fail("model.compile", True, "is not supported with gemini or pp_size > 1 (their wrappers re-enter the "
                   "model's forward per chunk/stage); set model.compile: false")
         if p.plugin == "hybrid_parallel" and p.zero_stage > 0 and self.precision == "fp32":
-            _fail("precision", "fp32", "hybrid_parallel with zero_stage > 0 needs fp16 or bf16")
+            fail("precision", "fp32", "hybrid_parallel with zero_stage > 0 needs fp16 or bf16")
         if p.pp_size > 1 and p.num_microbatches is not None and o.batch_size % p.num_microbatches:
-            _fail(
+            fail(
                 "optim.batch_size",
                 o.batch_size,
                 f"must be divisible by parallel.num_microbatches={p.num_microbatches}",
             )
         if p.pp_size > 1 and p.microbatch_size is not None and o.batch_size % p.microbatch_size:
-            _fail("optim.batch_size", o.batch_size, f"must be divisible by parallel.microbatch_size={p.microbatch_size}")
+            fail("optim.batch_size", o.batch_size, f"must be divisible by parallel.microbatch_size={p.microbatch_size}")
         shape = model_shape(self.model.name)
         if shape is not None:
             self._check_shape(shape)
@@ -330,14 +267,14 @@ class RunConfig:
     def _check_shape(self, shape: ModelShape) -> None:
         p = self.parallel
         if shape.num_attention_heads % p.tp_size:
-            ok = ", ".join(map(str, _divisors(shape.num_attention_heads)))
-            _fail(
+            ok = ", ".join(map(str, divisors(shape.num_attention_heads)))
+            fail(
                 "parallel.tp_size",
                 p.tp_size,
                 f"does not divide num_attention_heads={shape.num_attention_heads} of {self.model.name}; use one of {ok}",
             )
         if p.pp_size > shape.num_hidden_layers:
-            _fail(
+            fail(
                 "parallel.pp_size",
                 p.pp_size,
                 f"is larger than the {shape.num_hidden_layers} layers of {self.model.name}; use at most {shape.num_hidden_layers}",
@@ -349,34 +286,34 @@ class RunConfig:
         p = self.parallel
         if world_size % p.model_parallel_size:
             ok = [n for n in range(p.model_parallel_size, 4 * p.model_parallel_size + 1, p.model_parallel_size)]
-            _fail(
+            fail(
                 "world_size",
                 world_size,
                 f"is not divisible by tp_size*pp_size={p.model_parallel_size}; use a multiple such as {ok}",
             )
         dp = self.dp_size(world_size)
         if self.optim.batch_size % dp:
-            _fail("optim.batch_size", self.optim.batch_size, f"must be divisible by the data-parallel size {dp}")
+            fail("optim.batch_size", self.optim.batch_size, f"must be divisible by the data-parallel size {dp}")
         per_rank = self.optim.batch_size // dp
         if p.pp_size > 1:
             mb = p.num_microbatches or 0
             if p.num_microbatches is not None and per_rank % p.num_microbatches:
-                _fail(
+                fail(
                     "parallel.num_microbatches",
                     mb,
                     f"must divide the per-rank batch {per_rank} (batch_size {self.optim.batch_size} / dp {dp})",
                 )
             if p.microbatch_size is not None and per_rank % p.microbatch_size:
-                _fail(
+                fail(
                     "parallel.microbatch_size",
                     p.microbatch_size,
                     f"must divide the per-rank batch {per_rank} (batch_size {self.optim.batch_size} / dp {dp})",
                 )
         if device_type != "cuda":
             if self.precision == "fp16":
-                _fail("precision", "fp16", "fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
+                fail("precision", "fp16", "fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
             if p.plugin == "gemini":
-                _fail("parallel.plugin", "gemini", "gemini needs CUDA GPUs; on CPU use low_level_zero or hybrid_parallel")
+                fail("parallel.plugin", "gemini", "gemini needs CUDA GPUs; on CPU use low_level_zero or hybrid_parallel")
 
     def dp_size(self, world_size: int) -> int:
         return world_size // self.parallel.model_parallel_size
@@ -388,7 +325,7 @@ class RunConfig:
 
     # ------------------------------------------------------------------ dict / dotted-key forms
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
@@ -401,9 +338,9 @@ class RunConfig:
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
             if key in SECTIONS:
-                kwargs[key] = _build_section(key, SECTIONS[key], value)
+                kwargs[key] = build_section(key, SECTIONS[key], value)
             else:
-                kwargs[key] = _coerce(key, _field_type(cls, key), value)
+                kwargs[key] = coerce(key, field_type(cls, key), value)
         return cls(**kwargs)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "RunConfig":
@@ -415,32 +352,13 @@ class RunConfig:
         return flatten(self.to_dict())
 
 
-def _to_plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    return obj
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def valid_dotted_keys() -> list[str]:
     return sorted(flatten(RunConfig().to_dict()))
 
 
 def apply_dotted(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of the nested dict ``base`` with dotted-key overrides applied; unknown keys fail."""
-    out = _to_plain(dict(base))
+    out = to_plain(dict(base))
     valid = set(valid_dotted_keys())
     for key, value in overrides.items():
         if key not in valid:
@@ -453,55 +371,3 @@ def apply_dotted(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[
             node = node.setdefault(p, {})
         node[leaf] = value
     return out
-
-
-def _field_type(cls: type, name: str) -> str:
-    return next(str(f.type) for f in dataclasses.fields(cls) if f.name == name)
-
-
-def _build_section(name: str, cls: type, value: Any) -> Any:
-    if value is None:
-        return cls()
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{name}={value!r}: must be a mapping of {cls.__name__} fields")
-    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {[f'{name}.{u}' for u in unknown]}; valid keys in {name}: {', '.join(fields)}")
-    return cls(**{k: _coerce(f"{name}.{k}", fields[k], v) for k, v in value.items()})
-
-
-def _coerce(key: str, type_str: str, value: Any) -> Any:
-    """Turn YAML/CLI values into the field's type; say which field and type when it cannot."""
-    optional = "None" in type_str
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key}=None: this field needs a value of type {type_str}")
-    base = type_str.replace(" | None", "")
-    try:
-        if base == "bool":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
-        if base == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if base == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base == "str":
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ValueError
-            return str(value)
-        if base.startswith("tuple[float"):
-            if isinstance(value, str):
-                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-            return tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r}: expected {base}") from None
-    return value

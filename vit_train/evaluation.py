@@ -14,8 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from vit_train.distributed import all_reduce_sum, several_ranks
+from vit_train.distributed.process_group import all_reduce_sum, several_ranks
 from vit_train.sampling import eval_shards
+from vit_train.step import criterion
 
 MAX_SHOWN = 8
 
@@ -71,7 +72,7 @@ def _gather(items: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
 def _figures(tr: Any, confusion: torch.Tensor, wrong: list[tuple[int, int, int]]) -> dict[str, Any]:
     if not (tr.env.is_main and tr.cfg.logging.tensorboard):
         return {}
-    from vit_train.figures import confusion_image, misclassified_strip
+    from vit_train.components.figures import confusion_image, misclassified_strip
 
     figs = {"eval/confusion_matrix": confusion_image(confusion, tr.class_names)}
     if wrong:
@@ -84,10 +85,8 @@ def _figures(tr: Any, confusion: torch.Tensor, wrong: list[tuple[int, int, int]]
 
 def _logits(tr: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
     if tr.layout.uses_pipeline:
-        from vit_train.trainer import _criterion
-
         out = tr.booster.execute_pipeline(
-            iter([{"pixel_values": x, "labels": y}]), tr.model, _criterion, None, return_loss=False, return_outputs=True
+            iter([{"pixel_values": x, "labels": y}]), tr.model, criterion, None, return_loss=False, return_outputs=True
         )
         return out["outputs"]["logits"] if tr.layout.is_last_stage else None
     # A compiled model evaluates eager: eval mode and no_grad would otherwise compile a second graph,

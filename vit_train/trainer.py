@@ -1,7 +1,7 @@
 """The training loop: build, resume, then train_step / maybe_evaluate / maybe_checkpoint / log.
 
 Read top to bottom in :meth:`Trainer.train`. Parallelism enters only through the plugin factory
-and :class:`vit_train.plugins.Layout`; the model and data code know nothing of ranks.
+and :class:`vit_train.distributed.plugins.Layout`; the model and data code know nothing of ranks.
 """
 
 from __future__ import annotations
@@ -20,16 +20,17 @@ import torch
 import torch.nn.functional as F
 
 from vit_train import evaluation
-from vit_train.checkpoint import CheckpointManager
+from vit_train.step import criterion, gather_batch, stage_on_device
+from vit_train.components.checkpoint import CheckpointManager
 from vit_train.config import RunConfig
-from vit_train.distributed import DistEnv, all_reduce_sum, any_rank, barrier, broadcast_module
-from vit_train.export import export_hf_model
-from vit_train.faults import Faults
-from vit_train.fsutil import atomic_write_text, make_private_dir
+from vit_train.distributed.process_group import DistEnv, all_reduce_sum, any_rank, barrier, broadcast_module
+from vit_train.components.export import export_hf_model
+from vit_train.components.faults import Faults
+from vit_train.components.fsutil import atomic_write_text, make_private_dir
 from vit_train.model_shapes import PRESETS
-from vit_train.plugins import build_booster, build_optimizer, build_plugin, layout_of, needs_autocast
+from vit_train.distributed.plugins import build_booster, build_optimizer, build_plugin, layout_of, needs_autocast
 from vit_train.sampling import TrainOrder
-from vit_train.tracking import Tracker
+from vit_train.components.tracking import Tracker
 from vit_train.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self, data: Any = None) -> None:
         """Build data, model, plugin and optimizer, boost them and resume. ``data`` (a
-        :class:`vit_train.data.PreparedData`) skips :func:`vit_train.data.prepare`; the benchmark
+        :class:`vit_train.prepared.PreparedData`) skips :func:`vit_train.data.prepare`; the benchmark
         passes synthetic splits that way."""
         from vit_train.model import build_image_processor, build_model
 
@@ -98,7 +99,7 @@ class Trainer:
             broadcast_module(model)
         self.model_config = model.config
         if self._use_fast_forwards():
-            from vit_train.fast_vit import apply_fast_forwards
+            from vit_train.kernels.fast_vit import apply_fast_forwards
 
             apply_fast_forwards(model, cls_only_last_layer=cfg.model.cls_only_last_layer and cfg.parallel.pp_size == 1,
                                 patch_embedding=cfg.parallel.plugin != "gemini", fused_mlp=self.compile_model and cfg.model.fused_mlp)
@@ -110,7 +111,7 @@ class Trainer:
         lap("plugin")
 
         train_x, train_y = self.data.train.tensors()
-        self.train_x, self.train_y = _stage_on_device(train_x, train_y, self.device)
+        self.train_x, self.train_y = stage_on_device(train_x, train_y, self.device)
         self.eval_x, self.eval_y = self.data.eval.tensors()
         lap("stage_data")
         self.order = TrainOrder(len(self.train_y), cfg.optim.batch_size, cfg.seed)
@@ -248,11 +249,11 @@ class Trainer:
         # Fingerprint of the step's *global* batch (same on every rank and layout): lets tests and
         # users check that a resumed run saw the same data order.
         self._batch_crc = zlib.crc32(self.order.batch_indices(perm, step_in_epoch, 0, 1).numpy().tobytes())
-        x, y = _gather_batch(self.train_x, self.train_y, idx, self.device)
+        x, y = gather_batch(self.train_x, self.train_y, idx, self.device)
         self.model.train()
         if self.layout.uses_pipeline:
             out = self.booster.execute_pipeline(
-                iter([{"pixel_values": x, "labels": y}]), self.model, _criterion, self.optimizer, return_loss=True
+                iter([{"pixel_values": x, "labels": y}]), self.model, criterion, self.optimizer, return_loss=True
             )
             loss = out["loss"] if self.layout.is_last_stage else None
         else:
@@ -377,41 +378,6 @@ class Trainer:
         return RunOutcome("completed", st.step, result)
 
 
-# A training split up to this share of the GPU's memory is copied to the GPU once: a batch is then
-# one on-device gather (microseconds) instead of a CPU gather plus a host-to-device copy each step
-# (a 256-image ViT-B batch is 77 MB of float16). Larger splits stay in host memory (see _gather_batch).
-_STAGE_FRACTION = 0.1
-
-
-def _stage_on_device(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    if device.type != "cuda":
-        return x, y
-    nbytes = x.numel() * x.element_size() + y.numel() * y.element_size()
-    if nbytes > _STAGE_FRACTION * torch.cuda.get_device_properties(device).total_memory:
-        log.info("training split (%.1f GiB) stays in host memory; batches are copied per step", nbytes / 2**30)
-        return x, y
-    return x.to(device), y.to(device)
-
-
-def _gather_batch(
-    x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``idx`` of (x, y) on ``device``, with no host synchronisation on a GPU."""
-    if device.type != "cuda":
-        return x[idx], y[idx]
-    if x.device.type == "cuda":  # staged split: move the few indices, gather on the GPU
-        idx = idx.pin_memory().to(device, non_blocking=True)
-        return x[idx], y[idx]
-    # Gather straight into pinned memory so the copy runs asynchronously (a pageable source makes
-    # the copy wait for the GPU to drain); the caching host allocator keeps each buffer until its
-    # copy has finished.
-    xb = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, pin_memory=True)
-    yb = torch.empty((len(idx), *y.shape[1:]), dtype=y.dtype, pin_memory=True)
-    torch.index_select(x, 0, idx, out=xb)
-    torch.index_select(y, 0, idx, out=yb)
-    return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-
-
 class _Lap:
     """Records the seconds since the previous call under a name (the setup breakdown)."""
 
@@ -422,8 +388,3 @@ class _Lap:
         now = time.perf_counter()
         self.into[name] = now - self.t
         self.t = now
-
-
-def _criterion(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Pipeline criterion: the same mean cross-entropy the non-pipeline path computes."""
-    return F.cross_entropy(outputs.logits.float(), inputs["labels"])

@@ -7,7 +7,7 @@ Where the time went: BENCHMARKS.md, start-up.
 
 1. ``USE_FLAX=0`` (default): transformers skips its Flax support, whose image utilities otherwise
    import jax where it is installed (0.7 s on the H100 host).
-2. :mod:`vit_train.lazy_compile`: ColossalAI's import-time ``torch.compile`` decorations compile on
+2. :mod:`vit_train.patches.lazy_compile`: ColossalAI's import-time ``torch.compile`` decorations compile on
    first call instead of setting up inductor at import (off with ``VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1``).
 3. transformers' table of optional packages (``VIT_TRAIN_IMPORT_TRIMS=0`` keeps it as it is):
 
@@ -29,7 +29,7 @@ import os
 from types import ModuleType
 from typing import Callable
 
-from vit_train import import_hooks, lazy_compile
+from vit_train.patches import import_hooks, lazy_compile
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Process-group setup from the environment: torchrun, Slurm's srun, or a plain single process.
 
 torchrun exports RANK/WORLD_SIZE/MASTER_*; under ``srun`` only SLURM_* exist, so they are translated
-by the one pure reader in :mod:`hpc.slurm_env`. A single ``python -m vit_train`` gets a world of one
+by the one pure reader in :mod:`vit_train.distributed.slurm_env`. A single ``python -m vit_train`` gets a world of one
 on a free local port. ColossalAI then picks nccl on CUDA and gloo on CPU by itself.
 """
 
@@ -47,7 +47,7 @@ def resolve_env(env: Mapping[str, str]) -> tuple[dict[str, str], str]:
     """Variables torch.distributed needs, and their source; pure apart from picking a free port."""
     if "RANK" in env and "WORLD_SIZE" in env:
         return {}, "torchrun"
-    from hpc.slurm_env import read_slurm_env, torch_env
+    from vit_train.distributed.slurm_env import read_slurm_env, torch_env
 
     cluster = read_slurm_env(env)
     if cluster is not None and int(env.get("SLURM_NTASKS", "1")) >= 1 and "SLURM_PROCID" in env:

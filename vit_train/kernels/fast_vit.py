@@ -128,7 +128,7 @@ def _classifier_forward(
 
 
 def _intermediate_forward(self: ViTIntermediate, hidden_states: torch.Tensor) -> torch.Tensor:
-    from vit_train.fused_mlp import linear_gelu_autocast
+    from vit_train.kernels.fused_mlp import linear_gelu_autocast
 
     return linear_gelu_autocast(hidden_states, self.dense.weight, self.dense.bias)
 
@@ -150,7 +150,7 @@ def apply_fast_forwards(model: nn.Module, cls_only_last_layer: bool = True, patc
     """Bind the faster forwards to every ViT self-attention and (``patch_embedding``) patch-embedding
     module of ``model`` (an unsharded model), with ``cls_only_last_layer`` to an image classifier
     (not for pipeline stages, whose forwards ColossalAI replaces) and with ``fused_mlp`` (for
-    compiled models, :mod:`vit_train.fused_mlp`) to the first half of every MLP with exact GELU;
+    compiled models, :mod:`vit_train.kernels.fused_mlp`) to the first half of every MLP with exact GELU;
     returns how many modules were changed."""
     changed = 0
     for module in model.modules():

@@ -1,6 +1,6 @@
 """A real Slurm cluster on this machine, for tests and `make demo`.
 
-    python -m hpc.devcluster {install,start,stop,status} [--state-dir DIR]
+    python -m hpc.dev.cluster {install,start,stop,status} [--state-dir DIR]
         start [--nodes 2] [--cpus-per-node 4] [--mem-per-node 8000] [--gpus-per-node 2] [--timeout 90]
 
 Ports mode: munged, mariadbd (unix socket only) + slurmdbd, slurmctld and one `slurmd -N nK` per node,
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from hpc import devcluster_conf as conf
+from hpc.dev import cluster_conf as conf
 
 DEFAULT_STATE_DIR = "/tmp/vit_slurm_dev"
 # Clients (sbatch, sacct, submitit's calls to them) read /etc/slurm/slurm.conf unless SLURM_CONF is
@@ -246,7 +246,7 @@ def start(*, nodes: int | None = None, cpus_per_node: int | None = None, mem_per
         if os.geteuid() != 0:
             raise RuntimeError("dev cluster: start needs root (mknod, /etc/hosts, /etc/slurm, daemons as root)")
         if missing_packages():
-            raise RuntimeError(f"dev cluster: missing {missing_packages()}: run `python -m hpc.devcluster install`")
+            raise RuntimeError(f"dev cluster: missing {missing_packages()}: run `python -m hpc.dev.cluster install`")
         if recorded_pids(sd):
             _stop_locked(sd)  # leftovers of a crashed or half-started run
         lay = conf.Layout(sd, socket.gethostname().split(".")[0], **{**conf.DEFAULTS, **prev, **asked})
@@ -368,7 +368,7 @@ def install() -> None:
 def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", help=f"default $VIT_DEVCLUSTER_DIR or {DEFAULT_STATE_DIR}")
-    parser = argparse.ArgumentParser(prog="python -m hpc.devcluster", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hpc.dev.cluster", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("install", parents=[common], help="apt-get install the daemons if missing")
     p = sub.add_parser("start", parents=[common], help="start the cluster (no-op if it runs)")

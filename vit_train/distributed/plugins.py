@@ -15,8 +15,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vit_train.colossal_patch import as_shipped
-from vit_train.config import PLUGINS, RunConfig
+from vit_train.patches.patching import as_shipped
+from vit_train.config import RunConfig
+from vit_train.distributed.layout import PLUGINS
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ assert set(_FACTORIES) == set(PLUGINS), "every plugin name in the config needs a
 def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
     """Build the Booster plugin named by ``cfg.parallel.plugin`` (the config already validated it)."""
     if not on_cuda:
-        from vit_train.cpu_compat import apply_cpu_compat
+        from vit_train.patches.cpu_compat import apply_cpu_compat
 
         applied = apply_cpu_compat()
         if applied:
@@ -151,17 +152,17 @@ def build_plugin(cfg: RunConfig, on_cuda: bool) -> Any:
     if as_shipped():
         log.info("VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: ColossalAI's optimizers run without vit_train's speed fixes")
     elif cfg.parallel.plugin == "low_level_zero" or (cfg.parallel.plugin == "hybrid_parallel" and cfg.parallel.zero_stage > 0):
-        from vit_train.zero_buckets import apply_zero_bucket_fix
+        from vit_train.patches.zero_buckets import apply_zero_bucket_fix
 
         # The decay/no-decay parameter groups would otherwise end a gradient bucket at every parameter.
         apply_zero_bucket_fix()
     elif cfg.parallel.plugin == "hybrid_parallel" and cfg.parallel.zero_stage == 0:
-        from vit_train.amp_loops import apply_amp_loop_fix
+        from vit_train.patches.amp_loops import apply_amp_loop_fix
 
         # bf16/fp16 master-weight steps with all-parameter kernels instead of three per-parameter loops.
         apply_amp_loop_fix()
     if cfg.parallel.plugin in ("hybrid_parallel", "torch_ddp") and not as_shipped():
-        from vit_train.one_rank_ddp import apply_hybrid_ddp_fix, apply_torch_ddp_fix
+        from vit_train.patches.one_rank_ddp import apply_hybrid_ddp_fix, apply_torch_ddp_fix
 
         # No DDP (NCCL set-up at boost, a multiply and a copy per gradient) over a one-rank group.
         if cfg.parallel.plugin == "hybrid_parallel":

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vit_train.distributed import barrier
+from vit_train.distributed.process_group import barrier
 
 
 def load_sharded_state_dict(folder: Path) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ up inductor on the spot (``torch._inductor.compile_fx``: 0.5 s on the 2-core dev
 the H100 host, see BENCHMARKS.md, start-up), before the first step, for functions that only run
 with ring attention, fp8 communication or fp8 linear layers, none of which this project enables.
 
-:func:`install` registers an import hook (:mod:`vit_train.import_hooks`) that runs those two modules with
+:func:`install` registers an import hook (:mod:`vit_train.patches.import_hooks`) that runs those two modules with
 ``torch.compile`` replaced by a deferring version: each decorated function is compiled with the
 same arguments the first time it is called, and that compiled function serves every later call.
 Nothing else is affected: the hook matches two module names, restores ``torch.compile`` when the
@@ -24,7 +24,7 @@ import threading
 from types import ModuleType
 from typing import Any, Callable
 
-from vit_train import import_hooks
+from vit_train.patches import import_hooks
 
 TARGETS = frozenset({"colossalai.quantization.fp8", "colossalai.shardformer.layer.attn"})
 
@@ -74,7 +74,7 @@ def _with_deferred_compile(module: ModuleType, run: Callable[[], None]) -> None:
 def install() -> bool:
     """Add the hook (once; before ColossalAI's plugins are imported for it to matter). False when
     switched off or when the modules are already imported."""
-    from vit_train.colossal_patch import as_shipped
+    from vit_train.patches.patching import as_shipped
 
     if as_shipped():
         return False

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vit_train.colossal_patch import patch_once
+from vit_train.patches.patching import patch_once
 
 
 def _group_of(opt: Any, param_id: int) -> int:

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from torch import nn
 
-from vit_train.colossal_patch import patch_once
+from vit_train.patches.patching import patch_once
 
 
 class OneRankDDP(nn.Module):

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from vit_train.colossal_patch import patch_once
+from vit_train.patches.patching import patch_once
 
 
 def _cast_gradients(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

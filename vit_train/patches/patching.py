@@ -1,6 +1,6 @@
 """Apply a speed fix to a ColossalAI class once per process, and only to the version it was written for.
 
-The fixes (:mod:`vit_train.zero_buckets`, :mod:`vit_train.amp_loops`) replace methods whose bodies
+The fixes (:mod:`vit_train.patches.zero_buckets`, :mod:`vit_train.patches.amp_loops`) replace methods whose bodies
 they reproduce in part, so a different ColossalAI release gets its own code untouched (and a warning).
 """
 

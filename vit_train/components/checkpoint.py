@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from vit_train.distributed import barrier, broadcast_object
-from vit_train.fsutil import atomic_write_text, fsync_dir, make_private_dir
+from vit_train.distributed.process_group import barrier, broadcast_object
+from vit_train.components.fsutil import atomic_write_text, fsync_dir, make_private_dir
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,12 @@ from typing import Sequence
 from rich.console import Console, Group
 from rich.live import Live
 
-from hpc import devcluster, report, runstate, submission
+from hpc import report, runstate, submission
+from hpc.dev import cluster as devcluster
 from hpc.cli import status_table
 from hpc.grid import expand, load_grid
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRID_FILES = ("cpu_tiny.yaml", "demo_2node.yaml")
 """The 3x3 grid, then the 2-node run that gets preempted half-way."""
 
@@ -113,7 +114,7 @@ def wait_all(grids: Sequence[Path], out: Console, timeout_s: float) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hpc.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m hpc.dev.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grids-dir", type=Path, default=REPO / "grids",
                    help=f"folder holding {' and '.join(GRID_FILES)} (tests use trimmed copies)")

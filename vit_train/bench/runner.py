@@ -1,6 +1,6 @@
 """``python -m vit_train.bench``: training speed of every plugin/layout next to plain PyTorch, one run.
 
-Each configuration runs in its own process (:mod:`vit_train.bench_worker`), started from this one,
+Each configuration runs in its own process (:mod:`vit_train.bench.worker`), started from this one,
 so its process-start-to-first-step time is what a job would pay: interpreter, imports, process
 group, model, boost, compilation, first step. The baselines (plain PyTorch eager and plain
 PyTorch + torch.compile, both bf16 autocast, fused AdamW, SDPA; and compile with bf16 weights and
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from vit_train.colossal_patch import AS_SHIPPED_ENV
+from vit_train.patches.patching import AS_SHIPPED_ENV
 from vit_train.config import apply_dotted
 from vit_train.model_shapes import PRESETS
 
@@ -163,9 +163,9 @@ def train_flops_per_image(model: str) -> float:
 def _spawn(c: BenchConfig, spec: dict[str, Any], result: Path, timeout: float) -> dict[str, Any]:
     if c.nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={c.nproc}",
-               "-m", "vit_train.bench_worker", json.dumps(spec), str(result)]
+               "-m", "vit_train.bench.worker", json.dumps(spec), str(result)]
     else:
-        cmd = [sys.executable, "-m", "vit_train.bench_worker", json.dumps(spec), str(result)]
+        cmd = [sys.executable, "-m", "vit_train.bench.worker", json.dumps(spec), str(result)]
     env = {**os.environ, **c.env, "PYTHONUNBUFFERED": "1", "BENCH_T0": repr(time.time())}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

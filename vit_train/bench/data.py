@@ -2,7 +2,7 @@
 
 The benchmark feeds the trainer exactly what :func:`vit_train.data.prepare` would hand it: a cache
 folder of ``train.safetensors`` / ``eval.safetensors`` (float16 pixels [N, C, H, W], int64 labels),
-opened through the real :class:`vit_train.data.TensorSplit` (memory-mapped). Only the pixels are
+opened through the real :class:`vit_train.prepared.TensorSplit` (memory-mapped). Only the pixels are
 synthetic, so no dataset library, image decoding or hub is involved and the GPU host needs none.
 
 Each image is noise plus a faint colour cast that tells its class, so the loss moves a lot over the
@@ -38,8 +38,8 @@ def write_synthetic_splits(folder: Path, num_train: int, num_eval: int, image_si
 
 
 def open_prepared(folder: Path) -> Any:
-    """The folder as the trainer's :class:`vit_train.data.PreparedData` (memory-mapped TensorSplits)."""
-    from vit_train.data import PreparedData, TensorSplit
+    """The folder as the trainer's :class:`vit_train.prepared.PreparedData` (memory-mapped TensorSplits)."""
+    from vit_train.prepared import PreparedData, TensorSplit
 
     return PreparedData(
         train=TensorSplit(folder / "train.safetensors"),
@@ -81,7 +81,7 @@ def data_rates(folder: Path, batch_size: int, device: torch.device, num_batches:
       path for splits up to a tenth of the GPU's memory).
     """
     from vit_train.sampling import TrainOrder
-    from vit_train.trainer import _gather_batch, _stage_on_device
+    from vit_train.step import gather_batch, stage_on_device
 
     x, y = open_prepared(folder).train.tensors()
     order = TrainOrder(len(y), batch_size, seed=0)
@@ -96,13 +96,13 @@ def data_rates(folder: Path, batch_size: int, device: torch.device, num_batches:
 
     rates = {"host_gather_pageable_copy": _rate(pageable, num_batches, batch_size, device)}
     if device.type == "cuda":
-        rates["host_gather_pinned_copy"] = _rate(lambda i: _gather_batch(x, y, idx(i), device), num_batches,
+        rates["host_gather_pinned_copy"] = _rate(lambda i: gather_batch(x, y, idx(i), device), num_batches,
                                                  batch_size, device)
         t0 = time.perf_counter()
-        xd, yd = _stage_on_device(x, y, device)
+        xd, yd = stage_on_device(x, y, device)
         torch.cuda.synchronize(device)
         rates["stage_seconds"] = time.perf_counter() - t0
-        rates["device_gather"] = _rate(lambda i: _gather_batch(xd, yd, idx(i), device), num_batches, batch_size, device)
+        rates["device_gather"] = _rate(lambda i: gather_batch(xd, yd, idx(i), device), num_batches, batch_size, device)
     return rates
 
 

@@ -1,4 +1,4 @@
-"""One benchmark configuration in its own process (spawned by :mod:`vit_train.bench`).
+"""One benchmark configuration in its own process (spawned by :mod:`vit_train.bench.runner`).
 
 A worker records wall-clock marks from the moment the parent spawned it (``BENCH_T0``) through the
 imports, set-up and first optimizer step, then warms up (recording each step's loss for the
@@ -70,14 +70,14 @@ def _trainer_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str
     import colossalai.booster  # noqa: F401  (timed on its own: the largest import)
 
     from vit_train.config import RunConfig
-    from vit_train.distributed import init_distributed
+    from vit_train.distributed.process_group import init_distributed
     from vit_train.trainer import Trainer
 
     _mark("import_colossalai_transformers")
     cfg = RunConfig.from_dict(spec["run_config"])
     env = init_distributed(cfg.seed)
     _mark("init_distributed")
-    from vit_train.bench_data import open_prepared
+    from vit_train.bench.data import open_prepared
 
     prepared = open_prepared(Path(spec["data_dir"]))
     _mark("open_data")
@@ -106,7 +106,7 @@ def _torch_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str, 
     import torch.nn.functional as F
     from transformers import get_cosine_schedule_with_warmup
 
-    from vit_train.bench_data import CLASS_NAMES, load_split
+    from vit_train.bench.data import CLASS_NAMES, load_split
     from vit_train.config import ModelConfig
     from vit_train.model import build_model
     from vit_train.sampling import TrainOrder
@@ -216,7 +216,7 @@ def _measure(spec: dict[str, Any], step: Callable[[int], Any], state: dict[str, 
         out.update(step_ms=1000 * seconds / steps, img_per_s=steps * images / seconds,
                    host_probe_ms=[round(probe_before, 2), round(host_probe_ms(), 2)])
         if spec["config"].get("measure_sync"):
-            from vit_train.distributed import any_rank
+            from vit_train.distributed.process_group import any_rank
 
             # The multi-rank stop check: a collective on a fresh device tensor and .item() every step.
             seconds = _timed(step, spec["warmup"] + steps, steps, device, lambda: any_rank(False, device))
@@ -276,7 +276,7 @@ def probe(spec: dict[str, Any], result_path: Path) -> None:
 
     import torch
 
-    from vit_train.bench_data import data_rates, matmul_tflops, write_synthetic_splits
+    from vit_train.bench.data import data_rates, matmul_tflops, write_synthetic_splits
     from vit_train.versions import library_versions
 
     data_dir = write_synthetic_splits(Path(spec["data_dir"]), spec["num_train"], spec["num_eval"], spec["image_size"])
@@ -307,7 +307,7 @@ def main(argv: list[str]) -> int:
     run_worker(spec, Path(argv[1]))
     sys.stdout.flush()
     if spec["config"]["kind"] == "trainer":
-        from vit_train.shutdown import clean_exit
+        from vit_train.distributed.shutdown import clean_exit
 
         clean_exit(0)
     return 0

@@ -1,6 +1,6 @@
 """Run a few named third-party modules through a wrapper when they are first imported.
 
-Start-up changes (:mod:`vit_train.lazy_compile`, :mod:`vit_train.startup`) need to act while or
+Start-up changes (:mod:`vit_train.patches.lazy_compile`, :mod:`vit_train.patches.startup`) need to act while or
 right after a given library module executes: swap ``torch.compile`` for the duration of a ColossalAI
 module, or adjust transformers' table of optional packages before the rest of transformers reads
 it. :func:`register` names the module and an ``around(module, run)`` function, which must call

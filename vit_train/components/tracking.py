@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from vit_train.fsutil import atomic_write_text
+from vit_train.components.fsutil import atomic_write_text
 
 
 def _fmt_eta(seconds: float) -> str:

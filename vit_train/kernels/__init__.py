@@ -1,0 +1,2 @@
+"""Compute kernels: the rewritten ViT forwards and fused MLP (speed), and the shared build cache of
+ColossalAI's JIT C++/CUDA kernels (HybridAdam)."""
