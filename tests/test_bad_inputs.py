@@ -26,7 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpc import site_profile, submission
+from hpc import preflight, site_profile, submission
 from hpc.grid import GRID_KEYS, GridError, expand, load_grid, parse_grid
 from hpc.preflight import PreflightError, check_file
 from tests import reliability_report
@@ -159,7 +159,7 @@ def grid_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for p in site_profile.PROFILE_DIR.glob("*.yaml"):
         (profiles / p.name).write_text(p.read_text())
     (profiles / "badkey.yaml").write_text("description: a profile with a typo\nmodules: [cuda]\n")
-    monkeypatch.setattr(submission, "load_profile", functools.partial(site_profile.load_profile, profile_dir=profiles))
+    monkeypatch.setattr(preflight, "load_profile", functools.partial(site_profile.load_profile, profile_dir=profiles))
     return tmp_path
 
 

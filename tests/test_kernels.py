@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from hpc import kernels
+from vit_train.kernels import jit_cache
 from tests.train_utils import REPO, child_env
 
 # A child that builds the add_one extension with load_inline under the project's lock, recording when
@@ -92,10 +93,10 @@ def test_two_processes_one_build(tmp_path: Path) -> None:
     assert ra["sum"] == rb["sum"] == 5
     assert "waiting for pid" in out_b and "waiting" not in out_a
     assert rb["acquired"] >= ra["released"], "B held the lock while A was building"
-    ext_dir = kernels.torch_extensions_dir(cache) / "add_one"
+    ext_dir = jit_cache.torch_extensions_dir(cache) / "add_one"
     assert _ninja_commands(ext_dir) == ["main.o", "add_one.so"], "compiled more than once"
     assert "no work to do" in out_b and "[1/2] c++" in out_a and "c++" not in out_b
-    assert not (ext_dir / kernels.BATON_FILE).exists()
+    assert not (ext_dir / jit_cache.BATON_FILE).exists()
 
 
 @pytest.mark.timeout(150)
@@ -103,25 +104,25 @@ def test_builder_killed_mid_build_leaves_baton_that_is_recovered(tmp_path: Path)
     """SIGKILL the builder (and its ninja/c++ children) mid-compile: torch's baton stays and a plain
     torch load waits on it forever; under the project's lock the next build removes it and succeeds."""
     cache = tmp_path / "cache"
-    ext_dir = kernels.torch_extensions_dir(cache) / "add_one"
+    ext_dir = jit_cache.torch_extensions_dir(cache) / "add_one"
     victim = _start(LOAD_INLINE_CHILD, cache, tmp_path / "v.json", tmp_path / "v.held", start_new_session=True)
     try:
-        _wait_for(lambda: (ext_dir / kernels.BATON_FILE).exists() and (ext_dir / "build.ninja").exists(), 60,
+        _wait_for(lambda: (ext_dir / jit_cache.BATON_FILE).exists() and (ext_dir / "build.ninja").exists(), 60,
                   "the builder to take torch's baton and start ninja")
         time.sleep(1.0)  # let the compiler run: the kill lands mid-compile (a full compile takes ~30 s)
     finally:
         os.killpg(victim.pid, signal.SIGKILL)
         victim.communicate(timeout=30)
     assert victim.returncode == -signal.SIGKILL and not (tmp_path / "v.json").exists()
-    assert (ext_dir / kernels.BATON_FILE).exists(), "the killed build should leave torch's baton behind"
-    with open(cache / kernels.LOCK_FILE) as f:  # ... but not our flock: the kernel dropped it
+    assert (ext_dir / jit_cache.BATON_FILE).exists(), "the killed build should leave torch's baton behind"
+    with open(cache / jit_cache.LOCK_FILE) as f:  # ... but not our flock: the kernel dropped it
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     # Without the project's lock, torch waits on the dead builder's baton with no end.
     plain = textwrap.dedent(
         f"""
         import os
-        os.environ["TORCH_EXTENSIONS_DIR"] = {str(kernels.torch_extensions_dir(cache))!r}
+        os.environ["TORCH_EXTENSIONS_DIR"] = {str(jit_cache.torch_extensions_dir(cache))!r}
         from torch.utils.cpp_extension import load_inline
         print("loading", flush=True)
         load_inline(name="add_one", cpp_sources="int add(int a, int b) {{ return a + b; }}", functions=["add"])
@@ -140,20 +141,20 @@ def test_builder_killed_mid_build_leaves_baton_that_is_recovered(tmp_path: Path)
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["sum"] == 5 and result["cleared"] is True
     assert "removing stale torch extension lock" in out
-    assert not (ext_dir / kernels.BATON_FILE).exists()
+    assert not (ext_dir / jit_cache.BATON_FILE).exists()
 
 
 def test_lock_rules(tmp_path: Path) -> None:
     """clear_stale_baton refuses to run without the lock; the lock is re-entrant; a wait can time out."""
     with pytest.raises(RuntimeError, match="must run inside build_lock"):
-        kernels.clear_stale_baton(tmp_path / "ext")
-    with kernels.build_lock(tmp_path) as root:
-        with kernels.build_lock(tmp_path):  # re-entrant in one process
-            assert kernels.clear_stale_baton(root / "ext") is False
+        jit_cache.clear_stale_baton(tmp_path / "ext")
+    with jit_cache.build_lock(tmp_path) as root:
+        with jit_cache.build_lock(tmp_path):  # re-entrant in one process
+            assert jit_cache.clear_stale_baton(root / "ext") is False
         (root / "ext").mkdir()
-        (root / "ext" / kernels.BATON_FILE).touch()
-        assert kernels.clear_stale_baton(root / "ext") is True
-        holder = (root / kernels.LOCK_FILE).read_text()
+        (root / "ext" / jit_cache.BATON_FILE).touch()
+        assert jit_cache.clear_stale_baton(root / "ext") is True
+        holder = (root / jit_cache.LOCK_FILE).read_text()
         assert f"pid {os.getpid()}" in holder
 
     hold = _start("import sys, time\nfrom vit_train.kernels.jit_cache import build_lock\n"
@@ -163,14 +164,14 @@ def test_lock_rules(tmp_path: Path) -> None:
         messages: list[str] = []
         started = time.monotonic()
         with pytest.raises(TimeoutError, match=f"still held by pid {hold.pid}"), \
-                kernels.build_lock(tmp_path, timeout_s=1.0, log=messages.append):
+                jit_cache.build_lock(tmp_path, timeout_s=1.0, log=messages.append):
             pass
         assert time.monotonic() - started < 10
         assert messages and f"waiting for pid {hold.pid}" in messages[0]
     finally:
         hold.kill()
         hold.communicate(timeout=30)
-    with kernels.build_lock(tmp_path, timeout_s=5):  # the dead holder released it
+    with jit_cache.build_lock(tmp_path, timeout_s=5):  # the dead holder released it
         pass
 
 
@@ -219,7 +220,7 @@ def test_colossalai_extension_builds_into_cache_under_lock(tmp_path: Path) -> No
          str(cache)], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120, check=True).stdout.strip())
     build_dir.mkdir(parents=True)
     # What a killed builder leaves (the SIGKILL test above shows a real one does exactly this).
-    (build_dir / kernels.BATON_FILE).touch()
+    (build_dir / jit_cache.BATON_FILE).touch()
 
     first = subprocess.run([sys.executable, "-c", COLOSSALAI_CHILD, str(cache), str(source)], cwd=REPO,
                            env=child_env(), capture_output=True, text=True, timeout=120, check=False)
@@ -249,4 +250,4 @@ def test_prepare_kernels_on_a_machine_without_cuda(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "cpu_adam" in proc.stdout and "fused_optim" in proc.stdout and "unavailable" in proc.stdout
     with pytest.raises(ValueError, match="valid: cpu_adam, fused_optim"):
-        kernels.prepare_kernels(tmp_path, ["cpu_adamw"])
+        jit_cache.prepare_kernels(tmp_path, ["cpu_adamw"])

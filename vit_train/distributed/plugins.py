@@ -202,6 +202,9 @@ def build_optimizer(cfg: RunConfig, model: nn.Module, lr: float, on_cuda: bool) 
     if o.optimizer == "hybrid_adam":
         from colossalai.nn.optimizer import HybridAdam
 
+        from vit_train.patches.cpu_adam_bf16 import apply_cpu_adam_bf16_fix
+
+        apply_cpu_adam_bf16_fix()  # bf16 gradients of CPU (offloaded) parameters were never clipped
         return HybridAdam(groups, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, adamw_mode=True)
     # The fused CUDA AdamW (one kernel over all tensors) is the fastest torch path for every plugin:
     # ZeRO and hybrid_parallel hand it fp32 master copies on the GPU. On CPU the default stays.
