@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import sys
 import time
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--model", default="vit_b16")
     p.add_argument("--offload-optim-frac", type=float, default=0.0)
-    p.add_argument("--out", type=Path, required=True, help="JSON + markdown go here")
+    step_out = os.environ.get("STEP_OUT")  # benchmarks/device/run.sh script steps
+    p.add_argument("--out", type=Path, required=step_out is None, default=step_out, help="JSON + markdown go here")
     p.add_argument("--work", type=Path, default=Path("/tmp/vit_train_host_profile"), help="synthetic data and run folders")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
