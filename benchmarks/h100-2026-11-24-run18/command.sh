@@ -1,0 +1,6 @@
+# Run 18: the command that device call ran (was benchmarks/h100-2026-11-24/provisioning/run18.sh until
+# commit 8e3411b; .gpu/ was the device copy of that folder, see benchmarks/HISTORY.md).
+set -u
+source .gpu/setup.sh > $OUT/setup.log 2>&1 || { tail -20 $OUT/setup.log; exit 1; }
+python3 .gpu/startup_probe.py missing --compile > /dev/null 2>&1
+timeout 250 python3 .gpu/spawn_ab.py gemini 2>&1 | grep img/s

@@ -1,4 +1,0 @@
-set -u
-source .gpu/setup.sh > $OUT/setup.log 2>&1 || { tail -20 $OUT/setup.log; exit 1; }
-python3 .gpu/startup_probe.py missing --compile > /dev/null 2>&1
-timeout 300 python3 .gpu/startup_ab.py 2>&1 | grep -E "^trims"

@@ -1,7 +1,0 @@
-set -u
-source .gpu/setup.sh > $OUT/setup.log 2>&1 || { tail -20 $OUT/setup.log; exit 1; }
-tail -2 $OUT/setup.log | cut -c1-200
-python3 .gpu/startup_probe.py missing --compile 2>&1 | grep -E "^(modules|compiled)" | cut -c1-200
-C=fp32_reference,torch_eager,torch_compile,torch_compile_bf16,ddp,ddp+compile,zero1,zero2,zero2+compile,hybrid,hybrid+fused_kernels,hybrid_zero1,hybrid+compile,gemini,gemini_offload,hybrid+compile_unfused_mlp,hybrid_as_shipped,hybrid+compile_ddp_wrapped
-python3 -m vit_train.bench --configs $C --profile hybrid+compile --recheck-startup ddp,hybrid,ddp,hybrid --time-budget 450 --timeout 150 --out $OUT/bench > $OUT/bench.log 2>&1
-echo "bench exit $?"; grep -E '^\[bench\] [^ ]+: ' $OUT/bench.log | cut -c1-200
