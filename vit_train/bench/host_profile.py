@@ -7,7 +7,7 @@ then measures ``--steps`` steps twice:
 1. phases: host wall time of forward, backward, optimizer step (+ zero_grad and scheduler) of each
    step, with no device synchronisation inside the step (the GPU is idle most of a host-bound step,
    so the host time of a phase is what it costs); one synchronisation after each step gives the
-   step's wall time, and the GPU's own busy time comes from CUDA events around the step;
+   step's wall time, and the GPU's own busy time (kernel time per step) from a torch.profiler pass;
 2. cProfile of the same steps, its self time summed per component: the file a function lives in,
    mapped to a short name (Gemini's parameter-op hooks, its chunk manager, ColoParameter's
    ``__torch_function__``, torch's autograd engine, the ViT forward, ...) and the top functions.
@@ -45,12 +45,30 @@ COMPONENTS = (  # (substring of the file path, component name): first match wins
     ("colossalai/", "colossalai: other"),
     ("transformers/", "transformers (ViT forward)"),
     ("vit_train/", "vit_train"),
+    ("torch/autograd/function", "torch: autograd.Function (Gemini's backward-hook functions)"),
     ("torch/autograd", "torch: autograd"),
+    ("torch/_tensor.py", "torch: Tensor Python methods (__hash__, __torch_function__ ...)"),
+    ("torch/utils/_pytree", "torch: pytree (hook argument flattening)"),
+    ("torch/overrides", "torch: __torch_function__ dispatch"),
+    ("enum.py", "python: enum hashing (chunk tensor states)"),
     ("torch/optim", "torch: optim / lr scheduler"),
+    ("torch/nn/modules/module.py:2837", "torch: Module.named_modules"),
     ("torch/nn/modules", "torch: nn.Module calls"),
     ("torch/", "torch: other Python"),
     ("{built-in", "C calls (kernel launches, tensor ops)"),
     ("~", "C calls (kernel launches, tensor ops)"),
+)
+
+
+# Entry points whose cumulative time (their callees included) says what a hook costs as a whole.
+ENTRY_POINTS = (
+    ("gemini_hook.py", "pre_op"), ("gemini_hook.py", "post_op"), ("gemini_hook.py", "pre_forward"),
+    ("gemini_hook.py", "post_forward"), ("gemini_hook.py", "pre_backward"), ("gemini_hook.py", "post_backward"),
+    ("gemini_ddp.py", "grad_handle"), ("gemini_ddp.py", "forward"), ("gemini_ddp.py", "backward"),
+    ("gemini_ddp.py", "_post_backward"), ("gemini_optimizer.py", "step"), ("gemini_optimizer.py", "zero_grad"),
+    ("colo_parameter.py", "__torch_function__"), ("colo_tensor.py", "__torch_function__"),
+    ("param_op_hook.py", "pre_op"), ("param_op_hook.py", "post_op"),
+    ("autograd/function.py", "apply"), ("hybrid_adam.py", "step"), ("trainer.py", "train_step"),
 )
 
 
@@ -118,6 +136,18 @@ def _phase_step(tr: Any, perm: Any, i: int, acc: dict[str, float]) -> None:
         acc[name] += (t[b] - t[a]) * 1e3
 
 
+def _gpu_busy_ms(tr: Any, perm: Any, first: int, spe: int, steps: int) -> float:
+    """Kernel time per step by torch.profiler (the GPU's own busy time, not the wall between events)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            tr.train_step(perm, (first + i) % spe)
+        torch.cuda.synchronize()
+    return sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / steps
+
+
 def profile(plugin: str, batch_size: int, steps: int, warmup: int, model: str, work: Path, offload: float) -> dict[str, Any]:
     import torch
 
@@ -130,39 +160,45 @@ def profile(plugin: str, batch_size: int, steps: int, warmup: int, model: str, w
     if on_cuda:
         torch.cuda.synchronize()
     phases: dict[str, float] = defaultdict(float)
-    gpu_ms = 0.0
     t0 = time.perf_counter()
     for i in range(steps):
-        if on_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        _phase_step(tr, perm, (warmup + i) % spe, phases)
-        if on_cuda:
-            end.record()
-            end.synchronize()
-            gpu_ms += start.elapsed_time(end)
+        _phase_step(tr, perm, (warmup + i) % spe, phases)  # synchronises after each step
     wall_ms = (time.perf_counter() - t0) * 1e3 / steps
+    gpu_ms = _gpu_busy_ms(tr, perm, warmup + steps, spe, steps) if on_cuda else None
     prof = cProfile.Profile()
     prof.enable()
     for i in range(steps):
-        tr.train_step(perm, (warmup + steps + i) % spe)
+        tr.train_step(perm, (warmup + 2 * steps + i) % spe)
     if on_cuda:
         torch.cuda.synchronize()
     prof.disable()
     stats = pstats.Stats(prof)
     per_component: dict[str, float] = defaultdict(float)
     per_function: list[tuple[float, int, str]] = []
-    for (filename, line, func), (_cc, ncalls, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        per_component[component_of(filename)] += tottime * 1e3 / steps
-        per_function.append((tottime * 1e3 / steps, ncalls // steps, f"{filename.split('site-packages/')[-1]}:{line}({func})"))
+    entries: dict[str, list[float]] = {}
+    callers_of: dict[str, list[str]] = {}
+    for (filename, line, func), (_cc, ncalls, tottime, cumtime, callers) in stats.stats.items():  # type: ignore[attr-defined]
+        name = f"{filename.split('site-packages/')[-1]}:{line}({func})"
+        per_component[component_of(f"{filename}:{line}")] += tottime * 1e3 / steps
+        per_function.append((tottime * 1e3 / steps, ncalls // steps, name))
+        for where, fn in ENTRY_POINTS:
+            if func == fn and filename.endswith(where):
+                key = f"{where}:{fn}"
+                old = entries.get(key, [0.0, 0.0])
+                entries[key] = [old[0] + cumtime * 1e3 / steps, old[1] + ncalls / steps]
+        top = sorted(callers.items(), key=lambda kv: -kv[1][3])[:3]
+        callers_of[name] = [f"{c[0].split('site-packages/')[-1]}:{c[1]}({c[2]})" for c, _ in top]
     per_function.sort(reverse=True)
     return {
         "plugin": plugin, "batch_size": batch_size, "model": model, "steps": steps, "offload_optim_frac": offload,
-        "step_wall_ms": wall_ms, "step_gpu_busy_ms": gpu_ms / steps if on_cuda else None,
+        "step_wall_ms": wall_ms, "step_gpu_busy_ms": gpu_ms,
         "phases_host_ms": {k: v / steps for k, v in phases.items()},
         "profiled_step_ms": sum(per_component.values()),
         "components_ms": dict(sorted(per_component.items(), key=lambda kv: -kv[1])),
-        "top_functions": [{"ms_per_step": round(ms, 3), "calls_per_step": n, "function": f} for ms, n, f in per_function[:30]],
+        "entry_points_cumulative_ms": {k: {"ms_per_step": round(v[0], 3), "calls_per_step": round(v[1], 1)}
+                                       for k, v in sorted(entries.items(), key=lambda kv: -kv[1][0])},
+        "top_functions": [{"ms_per_step": round(ms, 3), "calls_per_step": n, "function": f, "callers": callers_of.get(f, [])}
+                          for ms, n, f in per_function[:30]],
     }
 
 
@@ -173,6 +209,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += [f"| {k} | {v:.1f} |" for k, v in r["phases_host_ms"].items()]
     lines += ["", "| component (cProfile self time) | ms/step |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["components_ms"].items() if v >= 0.05]
+    lines += ["", "| entry point (cumulative, callees included) | ms/step | calls/step |", "|---|---:|---:|"]
+    lines += [f"| `{k}` | {v['ms_per_step']:.1f} | {v['calls_per_step']:g} |" for k, v in r["entry_points_cumulative_ms"].items()]
     lines += ["", "| top functions | ms/step | calls/step |", "|---|---:|---:|"]
     lines += [f"| `{f['function']}` | {f['ms_per_step']:.2f} | {f['calls_per_step']} |" for f in r["top_functions"][:15]]
     return "\n".join(lines) + "\n"
