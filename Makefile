@@ -1,18 +1,22 @@
 # Two entry points (README quick start): `make demo` and `make test`. Both install first, idempotently.
 PYTHON ?= python3
-PIP := $(PYTHON) -m pip
-# torch==2.13.0 is the CPU wheel on the dev/CI machines; a cluster keeps its own CUDA torch (never replaced).
+# torch==2.13.0 is the CPU wheel on the dev/CI machines; it is installed only when no torch is:
+# an installed torch (a cluster's own CUDA build) and its triton are kept, never upgraded (hpc/install.py).
 TORCH_SPEC ?= torch==2.13.0
-COLOSSALAI_SPEC ?= colossalai==0.5.0
+# make test-torch251: the CPU subset of the tests in a venv with torch 2.5.1 (the newest torch
+# ColossalAI 0.5.0 declares; PyPI's CUDA build, which also runs on CPU, about 5 GB).
+TORCH251_VENV ?= .venv-torch251
+TORCH251_TESTS ?= tests/test_train_layouts.py tests/test_resume.py tests/test_cpu_compat.py \
+	tests/test_one_rank_ddp.py tests/test_data_model.py tests/test_cli_train.py
 
-.PHONY: install install-python install-slurm test demo cluster-up cluster-down lint
+.PHONY: install install-python install-slurm test test-torch251 demo cluster-up cluster-down lint
 
 install: install-python install-slurm
 
+# One line per step; pip's output goes to the log file it names. A second run reads installed
+# metadata only (no pip) when everything already fits.
 install-python:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	@$(PYTHON) -c "import colossalai" 2>/dev/null || $(PIP) install -q --no-deps --no-build-isolation "$(COLOSSALAI_SPEC)"
-	@$(PYTHON) -c "import transformers, datasets, submitit, tensorboard, yaml, rich, pytest_timeout, hypothesis, ninja, triton" 2>/dev/null || $(PIP) install -q -e ".[test]"
+	@$(PYTHON) -m hpc.install --test --torch-spec "$(TORCH_SPEC)"
 	@$(PYTHON) -c "import torch, colossalai, transformers, datasets, submitit, tensorboard; print('python deps ok: torch', torch.__version__, 'transformers', transformers.__version__)"
 
 # Debian packages for the local real Slurm cluster used by tests and the demo, and Chromium for the
@@ -24,6 +28,13 @@ install-slurm:
 
 test: install
 	$(PYTHON) -m pytest -x -q
+
+test-torch251:
+	@test -x $(TORCH251_VENV)/bin/python || $(PYTHON) -m venv $(TORCH251_VENV)
+	@$(TORCH251_VENV)/bin/python -m hpc.install --test --torch-spec torch==2.5.1
+	@$(TORCH251_VENV)/bin/python -c "import importlib.metadata as m, sys; v = m.version('torch'); \
+		sys.exit(None if v.split('+')[0] == '2.5.1' else '$(TORCH251_VENV) has torch ' + v + ', not 2.5.1: remove the folder')"
+	$(TORCH251_VENV)/bin/python -m pytest -q $(TORCH251_TESTS)
 
 demo: install
 	$(PYTHON) -m hpc.dev.demo

@@ -80,6 +80,9 @@ def _preflight_args(s: argparse.ArgumentParser) -> None:
                    help="skip the Slurm part of the preflight (sinfo limits, sbatch --test-only)")
     s.add_argument("--offline", action="store_true",
                    help="require hub models/datasets in the local HF cache (implied by HF_HUB_OFFLINE=1)")
+    s.add_argument("--local", action="store_true",
+                   help="no Slurm: train the runs on this machine (every GPU it sees x slurm.runs_per_gpu, or CPU "
+                   "processes), block until done, print the results table; Ctrl-C stops them with a checkpoint")
 
 
 # ---------------------------------------------------------------------------- GRID_OR_FOLDER
@@ -165,9 +168,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_local(args: argparse.Namespace) -> int:
+    from hpc import local
+
+    if args.command == "submit":
+        code = local.run(args.grid, force=args.force, dry_run=args.dry_run, offline=args.offline)
+    else:
+        code = local.resume(args.grid, failed_only=args.failed, offline=args.offline)
+    return EXIT_OK if code == 0 else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("submit", "resume") and args.local:
+            return _run_local(args)
         if args.command == "submit":
             submission.submit(args.grid, dry_run=args.dry_run, force=args.force,
                               preflight_sbatch=not args.no_preflight_sbatch, offline=args.offline)
@@ -183,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             return int(args.handler(args))
     except (PreflightError, ConfigError) as e:
+        sys.stdout.flush()  # a dry run's runs and script come first, then the problems
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (RuntimeError, TimeoutError, OSError) as e:

@@ -40,11 +40,21 @@ from typing import Any, Mapping
 import yaml
 
 from hpc.slurm_resources import SlurmResources
-from vit_train.config import NON_SEMANTIC, SECTIONS, ConfigError, RunConfig, apply_dotted, flatten, valid_dotted_keys
-from vit_train.config_tools import reject_unknown
+from vit_train.config import (
+    IDENTIFYING_HPARAMS,
+    NON_SEMANTIC,
+    SECTIONS,
+    ConfigError,
+    RunConfig,
+    apply_dotted,
+    flatten,
+    valid_dotted_keys,
+)
+from vit_train.config_tools import coerce, reject_unknown
 
 GRID_KEYS = ("name", "output_root", "profile", "slurm", "base", "grid", "zip")
 PATH_KEYS = ("model.name", "data.dataset", "data.cache_dir")
+HPARAMS_KEY = "logging.hparams"
 SIGNATURE_LEN = 12
 # Short labels for run folder names; a key not listed uses its last component.
 LABELS = {
@@ -175,8 +185,9 @@ def load_grid(path: str | os.PathLike[str]) -> GridSpec:
 
 def parse_grid(data: Any, *, base_dir: Path, source: str = "<grid>", default_name: str | None = None) -> GridSpec:
     """Build a GridSpec from an already-parsed YAML document (pure apart from ``~`` in output_root)."""
-    if data is None:
-        data = {}
+    if data is None or data == {}:  # an empty file, or only comments
+        raise GridError(f"{source}: the grid file is empty; give at least a profile and a base, e.g. profile: local "
+                        "and base: {model: {name: tiny}, data: {dataset: ...}} (see grids/cpu_tiny.yaml)")
     if not isinstance(data, Mapping):
         raise GridError(f"{source}: the grid file must be a mapping with keys {', '.join(GRID_KEYS)}")
     try:
@@ -250,6 +261,8 @@ def expand(spec: GridSpec) -> list[RunSpec]:
         where = f"run {index} {_point_text(raw)}"
         try:
             nested = _resolve_paths(apply_dotted(apply_dotted({}, spec.base), raw), spec.base_dir)
+            if HPARAMS_KEY not in raw:
+                nested.setdefault("logging", {})["hparams"] = shown_hparams(spec)
             config = RunConfig.from_dict(nested)
             config.check_world(spec.slurm.world_size, spec.slurm.device_type)
         except ConfigError as e:
@@ -275,6 +288,15 @@ def expand(spec: GridSpec) -> list[RunSpec]:
         by_signature[signature] = (run, where)
         runs.append(run)
     return runs
+
+
+def shown_hparams(spec: GridSpec) -> list[str]:
+    """``logging.hparams`` of the grid's runs: its axes, then base's ``logging.hparams`` or the keys that
+    identify a run, so TensorBoard's HParams view compares what the grid varies and the saved config
+    says what was shown. Non-semantic: it changes no signature."""
+    given = spec.base.get(HPARAMS_KEY)
+    keys = coerce(HPARAMS_KEY, "tuple[str, ...]", given) if given is not None else IDENTIFYING_HPARAMS
+    return list(dict.fromkeys([*spec.axes, *keys]))
 
 
 def _points(spec: GridSpec) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ wait of all 9; so before submit creates even the grid folder, this module checks
   that ALL bad points are reported, not only the first) and ``check_world`` against the grid's Slurm size;
 * model and dataset reachable: local folders exist; hub ids are in the local Hugging Face cache when
   the job will run offline (``--offline``, or HF_HUB_OFFLINE=1 in the profile or the environment);
+* ``slurm.runs_per_gpu`` runs fit in one GPU (the profile's ``gpu_mem_gb``; :mod:`hpc.packing`);
 * the output root writable (a temp file is created in the nearest existing folder, then removed);
 * the Slurm request: partition exists and its MaxTime / node count allow the request (sinfo: sbatch
   --test-only accepts a time over the partition limit and the job would pend forever with reason
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpc import packing
 from hpc.grid import GridError, GridSpec, RunSpec, expand, load_grid
 from vit_train.config import ConfigError
 from hpc.site_profile import SiteProfile, executor_parameters, load_profile
@@ -49,8 +51,11 @@ class Failure:
 
 
 class PreflightError(Exception):
-    def __init__(self, source: str, failures: Sequence[Failure]) -> None:
+    def __init__(self, source: str, failures: Sequence[Failure], runs: Sequence[RunSpec] | None = None) -> None:
         self.source, self.failures = source, list(failures)
+        self.runs = None if runs is None else list(runs)
+        """The runs that expanded (``submit --dry-run`` prints them before the problems); None when the
+        grid file or its profile did not load."""
         lines = "\n".join(f"  - {f}" for f in self.failures)
         super().__init__(f"preflight of {source} failed ({len(self.failures)} problem(s)); nothing was submitted:\n{lines}")
 
@@ -58,7 +63,7 @@ class PreflightError(Exception):
 Out = Callable[[str], None]
 
 
-def check_file(path: str | Path, *, sbatch: bool = True, offline: bool = False,
+def check_file(path: str | Path, *, sbatch: bool = True, offline: bool = False, gpu_mem_gb: float | None = None,
                out: Out = print) -> tuple[GridSpec, SiteProfile, list[RunSpec]]:
     """Load the grid and its profile, then :func:`check`; file-level errors become a PreflightError too."""
     try:
@@ -66,12 +71,13 @@ def check_file(path: str | Path, *, sbatch: bool = True, offline: bool = False,
         profile = load_profile(spec.profile)
     except ConfigError as e:  # GridError, ProfileError: the message names file, line and key
         raise PreflightError(str(path), [Failure("grid file", "", str(e))]) from None
-    return spec, profile, check(spec, profile, sbatch=sbatch, offline=offline, out=out)
+    return spec, profile, check(spec, profile, sbatch=sbatch, offline=offline, gpu_mem_gb=gpu_mem_gb, out=out)
 
 
 def check(spec: GridSpec, profile: SiteProfile, *, sbatch: bool = True, offline: bool = False,
-          out: Out = print) -> list[RunSpec]:
-    """All checks; returns the expanded runs, or raises PreflightError listing every failure."""
+          gpu_mem_gb: float | None = None, out: Out = print) -> list[RunSpec]:
+    """All checks; returns the expanded runs, or raises PreflightError listing every failure.
+    ``gpu_mem_gb`` (the GPUs ``--local`` sees) replaces the profile's for the runs_per_gpu check."""
     failures: list[Failure] = []
     runs = _expand_all(spec, failures)
     failures += _check_array_size(len(runs), sbatch)
@@ -84,10 +90,11 @@ def check(spec: GridSpec, profile: SiteProfile, *, sbatch: bool = True, offline:
     offline = offline or env.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes")
     failures += _check_sources(runs, len(_points(spec)), env, offline, out)
     failures += _check_output(spec)
+    failures += _check_packing(spec, profile, runs, gpu_mem_gb)
     if sbatch:
         failures += _check_slurm(spec, profile)
     if failures:
-        raise PreflightError(spec.source, failures)
+        raise PreflightError(spec.source, failures, runs)
     return runs
 
 
@@ -216,6 +223,15 @@ def _source_problem(field: str, value: str, revision: str | None, env: dict[str,
     return (f"hub {kind} {value!r} is not in the local cache {cache} and the job runs offline (HF_HUB_OFFLINE=1); "
             f"run `python submit.py prefetch GRID --cache {cache.parent}` on the login node first "
             f"(or: HF_HOME={cache.parent} {cli})")
+
+
+def _check_packing(spec: GridSpec, profile: SiteProfile, runs: Sequence[RunSpec], gpu_mem_gb: float | None) -> list[Failure]:
+    """runs_per_gpu runs must fit in one GPU's memory (hpc.packing: measured or estimated footprints)."""
+    if not spec.slurm.gpus_per_node:
+        return []
+    source = "the GPUs seen here" if gpu_mem_gb is not None else f"profile {profile.name}"
+    problem = packing.check_memory(runs, spec.slurm.runs_per_gpu, gpu_mem_gb or profile.gpu_mem_gb, source)
+    return [] if problem is None else [Failure("grid", *problem)]
 
 
 # ---------------------------------------------------------------------------- output folder

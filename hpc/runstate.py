@@ -7,6 +7,8 @@ Files in a run folder besides the trainer's own (config.json, progress.json, met
   squeue/sacct print, ``12_3`` for array task 3 of job 12.
 * ``attempts.jsonl``: one line appended by the job's rank 0 at every start (job id, SLURM_RESTART_COUNT,
   host, time). A requeue keeps the job id, so this file, not run.json, is what counts restarts.
+* ``process.json`` and ``logs/``: the run's own process (pid, host, exit code) and output, written for a
+  packed run (``slurm.runs_per_gpu`` > 1) and a local one (``submit --local``); see :mod:`hpc.procstate`.
 
 Slurm's view comes from two sources merged by :func:`slurm_states`: ``squeue`` (slurmctld, always
 current, keeps finished jobs only MinJobAge seconds) and ``sacct`` (slurmdbd: every job, but it lags:
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hpc import procstate
 from hpc.slurm_query import SlurmJobState, lookup
 from vit_train.components.fsutil import atomic_write_text, make_private_dir
 
@@ -54,6 +57,8 @@ class Submission:
     """Unix time of the sbatch call."""
     reason: str
     """submit | resume | force."""
+    packed_with: tuple[str, ...] = ()
+    """Names of the runs sharing this run's array task (slurm.runs_per_gpu > 1) or local runner."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunRecord:
-        subs = tuple(Submission(**s) for s in d.get("submissions", []))
+        subs = tuple(Submission(**{**s, "packed_with": tuple(s.get("packed_with", ()))}) for s in d.get("submissions", []))
         return cls(d["signature"], d["name"], d.get("grid", ""), dict(d.get("point", {})),
                    dict(d.get("config", {})), subs)
 
@@ -91,14 +96,15 @@ def write_run_record(run_dir: Path, record: RunRecord) -> None:
     atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps(asdict(record), indent=1, default=str) + "\n")
 
 
-def add_submission(run_dir: Path, record: RunRecord, job_id: str, reason: str, at: float | None = None) -> RunRecord:
+def add_submission(run_dir: Path, record: RunRecord, job_id: str, reason: str, at: float | None = None,
+                   packed_with: tuple[str, ...] = ()) -> RunRecord:
     """Append a submission to ``record`` and write run.json; returns the new record."""
     if reason not in REASONS:
         raise ValueError(f"reason={reason!r}: use one of {', '.join(REASONS)}")
     old = read_run_record(run_dir)
     earlier = old.submissions if old is not None and old.signature == record.signature else record.submissions
     new = RunRecord(record.signature, record.name, record.grid, record.point, record.config,
-                    (*earlier, Submission(job_id, time.time() if at is None else at, reason)))
+                    (*earlier, Submission(job_id, time.time() if at is None else at, reason, tuple(packed_with))))
     write_run_record(run_dir, new)
     return new
 
@@ -108,6 +114,7 @@ def record_attempt(run_dir: Path, env: Mapping[str, str]) -> dict[str, Any]:
     job_id = env.get("SLURM_JOB_ID", "")
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    job_id = env.get(procstate.JOB_ID_ENV) or job_id  # a packed or local run's process: its launcher's id
     entry = {
         "job_id": job_id,
         "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
@@ -209,6 +216,9 @@ def run_state(run_dir: str | Path, states: Mapping[str, SlurmJobState], now: flo
     config = saved if isinstance(saved, Mapping) else (record.config if record else None) or config or {}
     job_id = record.last_job_id if record else None
     sj = lookup(states, job_id) if job_id else None
+    # A local run (submit --local) has no Slurm job, and a packed run's own process can fail while its
+    # task runs on: both are told by the run's process.json (hpc.procstate).
+    sj = procstate.job_state(run_dir, job_id, sj, record.grid if record else "")
     if sj is not None and record is not None and sj.name and record.grid and sj.name != record.grid:
         # Job ids restart at 1 on a re-created cluster (and wrap at MaxJobId): this id is another job now.
         sj = None
@@ -258,7 +268,11 @@ def _metric(result: Mapping[str, Any], run_dir: Path, progress: Mapping[str, Any
 
 
 def stderr_path(run_dir: Path, job_id: str) -> Path:
-    """submitit's stderr log of task 0 for this job: <grid_dir>/.submitit/<id>/<id>_0_log.err."""
+    """submitit's stderr log of task 0 for this job: <grid_dir>/.submitit/<id>/<id>_0_log.err; or the run's
+    own process log (<run>/logs/<id>.err) for a packed or local run."""
+    own = procstate.own_stderr(run_dir, job_id)
+    if own is not None:
+        return own
     return Path(run_dir).parent / SUBMITIT_DIR / job_id / f"{job_id}_0_log.err"
 
 

@@ -18,7 +18,7 @@ from vit_train.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROFILE_DIR = REPO_ROOT / "slurm_templates" / "profiles"
-PROFILE_KEYS = ("description", "setup", "sbatch", "env")
+PROFILE_KEYS = ("description", "setup", "sbatch", "env", "gpu_mem_gb")
 # Options left to the profile as site defaults; the grid's slurm: section wins when it sets them.
 PROFILE_DEFAULT_KEYS = ("partition", "account", "qos", "constraint")
 # Options the grid's slurm: section (or submitit itself) owns; a profile setting them would be ignored
@@ -44,6 +44,9 @@ class SiteProfile:
     """Extra #SBATCH options; partition/account/qos/constraint are defaults the grid may override."""
     env: dict[str, str] = field(default_factory=dict)
     """Variables exported before the setup lines."""
+    gpu_mem_gb: float | None = None
+    """Memory of one GPU of the site in GB (GiB, as nvidia-smi prints it); preflight checks that
+    ``slurm.runs_per_gpu`` runs fit in it. None = not checked."""
 
     def setup_lines(self) -> list[str]:
         # Double quotes: $USER/$HOME expand in the job's shell, as a site admin would expect.
@@ -89,6 +92,9 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> SiteProfile:
     if not isinstance(env, dict) or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)) for k in env) \
             or not all(isinstance(v, (str, int, float, bool)) for v in env.values()):
         raise ProfileError(f"{path}: env must map variable names to scalar values, e.g. {{OMP_NUM_THREADS: '1'}}")
+    gpu_mem = data.get("gpu_mem_gb")
+    if gpu_mem is not None and (isinstance(gpu_mem, bool) or not isinstance(gpu_mem, (int, float)) or gpu_mem <= 0):
+        raise ProfileError(f"{path}: gpu_mem_gb={gpu_mem!r}: give the memory of one GPU in GB, e.g. 80 for an H100")
     repo = str(REPO_ROOT)
     return SiteProfile(
         name=name,
@@ -96,6 +102,7 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> SiteProfile:
         setup=tuple(line.replace("{repo}", repo) for line in setup),
         sbatch=sbatch,
         env={str(k): str(v).replace("{repo}", repo) for k, v in env.items()},
+        gpu_mem_gb=None if gpu_mem is None else float(gpu_mem),
     )
 
 

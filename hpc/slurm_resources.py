@@ -15,7 +15,7 @@ from vit_train.config_tools import ConfigError, reject_unknown
 
 @dataclass(frozen=True, kw_only=True)
 class SlurmResources:
-    """Per-run Slurm resources of a grid (one array task = one run)."""
+    """Per-run Slurm resources of a grid (one array task = one run, or ``runs_per_gpu`` runs sharing its GPU)."""
 
     nodes: int = 1
     """Nodes per run."""
@@ -43,6 +43,10 @@ class SlurmResources:
     """Send USR2 this many seconds before the time limit, so the run checkpoints and requeues."""
     max_requeues: int = 10
     """Requeue a run at most this many times after time-outs or preemption."""
+    runs_per_gpu: int = 1
+    """Grid points per array task for one-GPU (or one-CPU-task) runs: each task gets one GPU and trains
+    this many runs at once, one process each (hpc.packing); the array has ceil(runs / runs_per_gpu)
+    tasks. On CPU grids the task's cpus_per_task are split between them."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -53,7 +57,8 @@ class SlurmResources:
             elif not (type(value) is int or (value is None and f.name == "tasks_per_node")):
                 _slurm_fail(f.name, value, "expected an integer")  # bool and 1.5 are not integers here
         for name, low in (("nodes", 1), ("gpus_per_node", 0), ("cpus_per_task", 1), ("mem_gb", 1),
-                          ("time_min", 1), ("array_parallelism", 1), ("signal_delay_s", 0), ("max_requeues", 0)):
+                          ("time_min", 1), ("array_parallelism", 1), ("signal_delay_s", 0), ("max_requeues", 0),
+                          ("runs_per_gpu", 1)):
             if getattr(self, name) < low:
                 _slurm_fail(name, getattr(self, name), f"use {low} or more")
         if self.tasks_per_node is None:
@@ -68,12 +73,24 @@ class SlurmResources:
                 self.tasks_per_node,
                 f"runs use one task per GPU; set it to gpus_per_node={self.gpus_per_node} or leave it null",
             )
+        if self.runs_per_gpu > 1:
+            self._check_packable()
         if self.signal_delay_s >= self.time_min * 60:
             _slurm_fail(
                 "signal_delay_s",
                 self.signal_delay_s,
                 f"must be shorter than time_min={self.time_min} minutes; use e.g. {min(120, self.time_min * 30)}",
             )
+
+    def _check_packable(self) -> None:
+        """Packing shares one GPU (or one task's CPUs) between one-process runs; a run of several ranks
+        or GPUs would need its own process group per packed run, which is not what this does."""
+        k = self.runs_per_gpu
+        for name, limit, fix in (("nodes", 1, "set nodes: 1"), ("gpus_per_node", 1, "set gpus_per_node: 1 (or 0 on CPU)"),
+                                 ("tasks_per_node", 1, "set tasks_per_node: 1 (or leave it null with one GPU)")):
+            if getattr(self, name) > limit:
+                _slurm_fail("runs_per_gpu", k, f"packs one-GPU runs, but {name}={getattr(self, name)}; "
+                            f"{fix}, or runs_per_gpu: 1 for runs of several GPUs or ranks")
 
     @property
     def world_size(self) -> int:

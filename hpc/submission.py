@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 
-from hpc import preflight, runstate, slurm_query
+from hpc import packing, preflight, procstate, runstate, slurm_query
 from hpc.site_profile import SiteProfile, executor_parameters
 from hpc.grid import GridSpec, RunSpec, expand, load_grid
 from vit_train.components.fsutil import atomic_write_text, make_private_dir
 
 GRID_COPY, LOCK_FILE, PREVIOUS_DIR = "grid.yaml", ".lock", "previous"
 IN_FLIGHT = ("running", "pending")
+RESUME_PHASES = ("failed", "cancelled", "preempted", "not_submitted")
 Out = Callable[[str], None]
 
 
@@ -48,12 +49,14 @@ def python_command(folder: Path, python: str | None = None) -> str:
 
 
 def render_sbatch(spec: GridSpec, profile: SiteProfile, num_runs: int) -> str:
-    """The sbatch script submitit writes for an array of ``num_runs`` runs of this grid (no I/O)."""
+    """The sbatch script submitit writes for an array of ``num_runs`` runs of this grid (no I/O): one task
+    per run, or per ``slurm.runs_per_gpu`` runs packed on one GPU."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     folder = submitit_folder(spec).absolute()
+    num_tasks = packing.num_tasks(num_runs, spec.slurm.runs_per_gpu)
     # submitit submits a single job, not an array of one, when the batch holds one submission.
-    map_count = num_runs if num_runs > 1 else None
+    map_count = num_tasks if num_tasks > 1 else None
     return _make_sbatch_string(command=python_command(folder), folder=folder, map_count=map_count,
                                **executor_parameters(spec, profile))
 
@@ -81,7 +84,9 @@ class Decision:
 def read_statuses(run_dirs: Sequence[Path], configs: Sequence[dict[str, Any] | None] | None = None) -> list[runstate.RunStatus]:
     """Every run's status with ONE squeue and ONE sacct call for the whole grid."""
     records = [runstate.read_run_record(d) for d in run_dirs]
-    states = slurm_query.slurm_states([r.last_job_id for r in records if r and r.last_job_id])
+    # Local runs (submit --local) are not Slurm's: one unknown id would fail the whole squeue call.
+    states = slurm_query.slurm_states([r.last_job_id for r in records
+                                       if r and r.last_job_id and not procstate.is_local(r.last_job_id)])
     cfgs = list(configs) if configs is not None else [None] * len(run_dirs)
     return [runstate.run_state(d, states, config=c) for d, c in zip(run_dirs, cfgs)]
 
@@ -157,27 +162,22 @@ def submit(grid: str | Path, *, dry_run: bool = False, force: bool = False, pref
            offline: bool = False, reason: str = "submit", phases: Sequence[str] | None = None,
            retryable_only: bool = False, out: Out = print) -> Outcome:
     """Preflight, then submit every run that needs it as one job array (see module docstring)."""
-    spec, profile, runs = preflight.check_file(grid, sbatch=preflight_sbatch, offline=offline, out=out)
     if dry_run:
-        decisions = plan(runs, force=force, phases=phases, retryable_only=retryable_only)
-        for d in decisions:
-            out(f"{d.run.name}  {d.why}\n    signature {d.run.signature}  point {d.run.point}")
-        num_chosen = sum(d.submit for d in decisions)
-        script = render_sbatch(spec, profile, max(num_chosen, 1))
-        out(f"\n# dry run: {num_chosen} of {len(runs)} runs would be submitted with profile {profile.name!r} "
-            f"({profile.description}); sbatch script:\n{script}")
-        return Outcome(decisions, {}, script)
+        return _dry_run(grid, force=force, preflight_sbatch=preflight_sbatch, offline=offline, phases=phases,
+                        retryable_only=retryable_only, out=out)
+    spec, profile, runs = preflight.check_file(grid, sbatch=preflight_sbatch, offline=offline, out=out)
     with grid_lock(spec.grid_dir, out=out):
         _copy_grid(spec)
         decisions = plan(runs, force=force, phases=phases, retryable_only=retryable_only)
         chosen = [d for d in decisions if d.submit]
         if force:
             _start_over(chosen, out)
-        job_ids = _submit_array(spec, profile, [d.run for d in chosen])
+        groups = task_groups(spec, [d.run for d in chosen])
+        job_ids, packed = _submit_array(spec, profile, groups), packing.neighbours(groups)
         for d in decisions:
             if d.submit:
                 runstate.add_submission(d.run.run_dir, _record(d.run, spec), job_ids[d.run.name],
-                                        "force" if force else reason)
+                                        "force" if force else reason, packed_with=packed.get(d.run.name, ()))
                 out(f"{d.why}  {d.run.name}  -> job {job_ids[d.run.name]}")
             else:
                 out(f"{d.why}  {d.run.name}")
@@ -185,11 +185,37 @@ def submit(grid: str | Path, *, dry_run: bool = False, force: bool = False, pref
         return Outcome(decisions, job_ids)
 
 
+def _dry_run(grid: str | Path, *, force: bool, preflight_sbatch: bool, offline: bool, phases: Sequence[str] | None,
+             retryable_only: bool, out: Out) -> Outcome:
+    """Print every resolved run and the sbatch script, then raise the preflight's problems if it found any
+    (the command exits non-zero): what a grid would submit is worth seeing before it is ready, e.g.
+    before `prefetch`. Only a grid file or profile that does not load leaves nothing to print."""
+    problems: preflight.PreflightError | None = None
+    try:
+        spec, profile, runs = preflight.check_file(grid, sbatch=preflight_sbatch, offline=offline, out=out)
+    except preflight.PreflightError as e:
+        if e.runs is None:
+            raise
+        spec = load_grid(grid)  # both loaded a moment ago: the problems are in the runs or the cluster
+        profile, runs, problems = preflight.load_profile(spec.profile), e.runs, e
+    decisions = plan(runs, force=force, phases=phases, retryable_only=retryable_only)
+    for d in decisions:
+        out(f"{d.run.name}  {d.why}\n    signature {d.run.signature}  point {d.run.point}")
+    num_chosen = sum(d.submit for d in decisions)
+    script = render_sbatch(spec, profile, max(num_chosen, 1))
+    ready = "" if problems is None else f", once the {len(problems.failures)} preflight problem(s) after the script are fixed"
+    out(f"\n# dry run: {num_chosen} of {len(runs)} runs would be submitted with profile {profile.name!r} "
+        f"({profile.description}){ready}; sbatch script:\n{script}")
+    if problems is not None:
+        raise problems
+    return Outcome(decisions, {}, script)
+
+
 def resume(grid: str | Path, *, failed_only: bool = False, preflight_sbatch: bool = True, offline: bool = False,
            out: Out = print) -> Outcome:
     """Resubmit runs that stopped unfinished (failed, cancelled, preempted and not requeued, never
     submitted); they continue from their newest complete checkpoint. Never finished or in-flight runs."""
-    phases = ("failed",) if failed_only else ("failed", "cancelled", "preempted", "not_submitted")
+    phases = ("failed",) if failed_only else RESUME_PHASES
     return submit(grid, reason="resume", phases=phases, retryable_only=failed_only, preflight_sbatch=preflight_sbatch,
                   offline=offline, out=out)
 
@@ -203,12 +229,16 @@ def cancel(grid: str | Path, *, out: Out = print) -> list[str]:
         return []
     with grid_lock(spec.grid_dir, out=out):
         statuses = read_statuses([r.run_dir for r in runs])
-        ids = [st.job_id for st in statuses if st.phase in IN_FLIGHT and st.job_id]
+        ids = list(dict.fromkeys(st.job_id for st in statuses if st.phase in IN_FLIGHT and st.job_id))  # packed: shared
         for st in statuses:
             out(f"cancel {st.name} (job {st.job_id}: {st.slurm_state})" if st.phase in IN_FLIGHT and st.job_id
                 else f"skip ({st.phase})  {st.name}")
-        if ids:
-            _scancel(ids)
+        signalled: set[int] = set()  # local runs: SIGTERM to their processes, which stop with a checkpoint
+        for st in statuses:
+            if st.phase in IN_FLIGHT and procstate.is_local(st.job_id):
+                procstate.stop_local(Path(st.run_dir), st.job_id or "", signalled)
+        if [i for i in ids if not procstate.is_local(i)]:
+            _scancel([i for i in ids if not procstate.is_local(i)])
         return ids
 
 
@@ -241,12 +271,23 @@ def _start_over(decisions: Sequence[Decision], out: Out, timeout_s: float = 120)
             out(f"force: moved previous outputs of {d.run.name} to {dest}")
 
 
-def _submit_array(spec: GridSpec, profile: SiteProfile, runs: Sequence[RunSpec]) -> dict[str, str]:
-    if not runs:
+def task_groups(spec: GridSpec, runs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """The runs of each array task: one each, or ``slurm.runs_per_gpu`` packed on one GPU (hpc.packing)."""
+    return packing.pack(runs, spec.slurm.runs_per_gpu) if spec.slurm.runs_per_gpu > 1 else [[r] for r in runs]
+
+
+def _submit_array(spec: GridSpec, profile: SiteProfile, groups: Sequence[Sequence[RunSpec]]) -> dict[str, str]:
+    """One array task per group; returns run name -> the id of the task that runs it."""
+    if not groups:
         return {}
     from hpc.job import TrainJob
+    from hpc.packed import PackedJob
+
+    def job(group: Sequence[RunSpec]) -> Any:
+        jobs = [TrainJob(run.config.to_dict(), str(run.run_dir)) for run in group]
+        return jobs[0] if len(jobs) == 1 else PackedJob(jobs)
 
     ex = build_executor(spec, profile)
     with ex.batch():
-        jobs = [ex.submit(TrainJob(run.config.to_dict(), str(run.run_dir))) for run in runs]
-    return {run.name: str(job.job_id) for run, job in zip(runs, jobs)}
+        submitted = [ex.submit(job(g)) for g in groups]
+    return {run.name: str(s.job_id) for g, s in zip(groups, submitted) for run in g}

@@ -26,7 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpc import preflight, site_profile, submission
+from hpc import preflight, site_profile
 from hpc.grid import GRID_KEYS, GridError, expand, load_grid, parse_grid
 from hpc.preflight import PreflightError, check_file
 from tests import reliability_report
@@ -116,6 +116,8 @@ CATALOG: dict[str, tuple[dict[str, Any] | str, list[str]]] = {
     "output_root_inside_a_file": ({"output_root": "../afile/runs"}, ["output_root", "is a file, not a folder", "set output_root"]),
     "output_dir_in_base": ({"base": {"output_dir": "/tmp/x"}}, ["output_dir is set per run", "set output_root instead"]),
     # grid shape
+    "empty_file": ("", ["bi.yaml: the grid file is empty", "give at least a profile and a base"]),
+    "comments_only_file": ("# grid to come\n", ["the grid file is empty", "grids/cpu_tiny.yaml"]),
     "empty_axis": ({"grid": {"optim.lr": []}}, ["grid.optim.lr has no values", "give at least one"]),
     "zip_length_mismatch": ({"zip": [{"optim.lr": [1.0e-3, 2.0e-3], "optim.weight_decay": [0.1]}]},
                             ["zip[0]: zipped axes need equal lengths", "'optim.lr': 2, 'optim.weight_decay': 1"]),

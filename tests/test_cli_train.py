@@ -4,6 +4,7 @@ TensorBoard scalars and HParams, exits 0 every time."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -95,6 +96,11 @@ def test_help_and_config_error_exit_codes() -> None:
     help_out = subprocess.run([sys.executable, "-m", "vit_train", "--help"], cwd=REPO, env=child_env(),
                               capture_output=True, text=True, timeout=60)
     assert help_out.returncode == 0 and "--parallel.tp_size" in help_out.stdout and "torchrun" in help_out.stdout
+    # One default per flag, RunConfig's (argparse's own None default was printed after it once).
+    assert "(default: None) (default:" not in help_out.stdout and ") (default: None)" not in help_out.stdout
+    flags = re.split(r"\n  --", help_out.stdout.split("options:")[1])[3:]  # after -h, --config, --print-config
+    assert len(flags) > 30 and all(f.count("(default:") == 1 for f in flags), [f for f in flags if f.count("(default:") != 1]
+    assert "(default: 0)" in " ".join(flags[0].split())  # --checkpoint.every_n_steps
     bad = subprocess.run([sys.executable, "-m", "vit_train", "--parallel.plugin", "fsdp"], cwd=REPO, env=child_env(),
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2

@@ -79,7 +79,9 @@ def test_fix2_cpu_accelerator_tensor_parallel() -> None:
 
 def test_fix3_hccl_pipeline_parallel() -> None:
     r = run_child("pp2", nproc=2)
-    assert r["unpatched_error"].startswith("AttributeError") and "is_hccl_available" in r["unpatched_error"]
+    assert r["unpatched_error"].startswith("AttributeError")
+    # torch 2.13 CPU: is_hccl_available is gone; a CUDA build (torch 2.5.1 from PyPI): Backend.HCCL is missing
+    assert "is_hccl_available" in r["unpatched_error"] or "has no attribute 'HCCL'" in r["unpatched_error"]
     _check_losses(r)
 
 

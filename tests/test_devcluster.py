@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpc.dev import cluster as devcluster
+from hpc.dev import cluster_install
 
 pytestmark = pytest.mark.slurm
 
@@ -145,3 +146,35 @@ def test_stop_leaves_nothing(cluster: devcluster.ClusterInfo, tmp_path: Path) ->
     assert "# vit-devcluster" not in Path("/etc/hosts").read_text()
     assert took < 30, took
     devcluster.stop()  # stopping a stopped cluster is fine
+
+
+def _fake_apt(tmp_path: Path, rc: int) -> Path:
+    """An `apt-get` first on PATH that prints apt/dpkg-style progress and exits ``rc``: the Debian
+    packages are installed here already, so the one thing faked is the apt command line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "apt-get"
+    fail = 'echo "E: Unable to locate package slurmctld"' if rc else "true"
+    script.write_text(f'#!/bin/sh\nfor i in $(seq 1 200); do echo "Unpacking libfoo$i (1.0) ..."; done\n{fail}\nexit {rc}\n')
+    script.chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("rc", [0, 100])
+def test_install_prints_one_line_and_logs_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], rc: int) -> None:
+    missing = iter([["slurmctld"], []])
+    monkeypatch.setattr(cluster_install, "missing_packages", lambda: next(missing))
+    monkeypatch.setenv("PATH", f"{_fake_apt(tmp_path, rc)}:{os.environ['PATH']}")
+    log = tmp_path / "state" / "log" / "install.log"
+    if rc == 0:
+        cluster_install.install(tmp_path / "state")
+    else:
+        with pytest.raises(RuntimeError) as e:
+            cluster_install.install(tmp_path / "state")
+        assert "`apt-get update -q` exited 100" in str(e.value) and str(log) in str(e.value)
+        assert "E: Unable to locate package slurmctld" in str(e.value) and "libfoo1 " not in str(e.value)
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and "Unpacking" not in out, out
+    assert f"(log {log})" in out and out.rstrip().endswith("failed" if rc else " s")
+    assert "Unpacking libfoo200 (1.0)" in log.read_text()

@@ -129,6 +129,35 @@ def test_signature_ignores_non_semantic_fields(tmp_path: Path) -> None:
     assert a.signature == b.signature
 
 
+def test_hparams_shown_are_the_axes_and_the_identifying_keys(tmp_path: Path) -> None:
+    """logging.hparams (what TensorBoard's HParams view shows) is filled by the expansion, saved in the
+    run's config, and changes no signature; base may replace the identifying keys, never the axes."""
+    from vit_train.config import IDENTIFYING_HPARAMS
+
+    body = BASE_TINY + "grid:\n  seed: [1, 2]\nzip:\n  - {optim.lr: [1.0e-4, 2.0e-4], optim.warmup_ratio: [0.1, 0.2]}\n"
+    runs = _runs(tmp_path, body, name="a.yaml")
+    shown = runs[0].config.logging.hparams
+    assert shown == ("seed", "optim.lr", "optim.warmup_ratio", *[k for k in IDENTIFYING_HPARAMS if k != "optim.lr"])
+    assert list(runs[0].config.hparam_values()) == list(shown) and "output_dir" not in shown
+    assert runs[0].config.to_dict()["logging"]["hparams"] == list(shown)  # what run.json / config.json record
+    assert [r.signature for r in runs] == [run_signature(r.config.with_overrides({"logging.hparams": []})) for r in runs]
+    (own,) = _runs(tmp_path, BASE_TINY.replace("model: {name: tiny}", "model: {name: tiny}\n  logging: {hparams: [seed]}")
+                   + "grid:\n  optim.lr: [1.0e-4]\n", name="b.yaml")
+    assert own.config.logging.hparams == ("optim.lr", "seed")
+    with pytest.raises(GridError, match=r"run 0 .*logging\.hparams=\['optim\.lr', 'optim\.lrr'\]: unknown key\(s\) \['optim\.lrr'\]"):
+        _runs(tmp_path, BASE_TINY.replace("model: {name: tiny}", "model: {name: tiny}\n  logging: {hparams: [optim.lrr]}")
+              + "grid:\n  optim.lr: [1.0e-4]\n", name="c.yaml")
+
+
+def test_hparams_unknown_key_fails_at_construction() -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"logging": {"hparams": ["optim.lr", "data.image_colum"]}})
+    msg = str(err.value)
+    assert msg.startswith("logging.hparams=['optim.lr', 'data.image_colum']: unknown key(s) ['data.image_colum']")
+    assert "data.image_column" in msg and "leave it empty" in msg
+    assert RunConfig.from_dict({"logging": {"hparams": "optim.lr,seed"}}).logging.hparams == ("optim.lr", "seed")
+
+
 def test_axis_over_non_semantic_field_is_a_duplicate(tmp_path: Path) -> None:
     with pytest.raises(GridError, match=r"non-semantic fields \['logging.log_every_n_steps'\]"):
         _runs(tmp_path, BASE_TINY + "grid:\n  logging.log_every_n_steps: [10, 20]\n")
@@ -353,4 +382,4 @@ def test_cpu_tiny_runs_on_cpu() -> None:
     c = expand(spec)[0].config
     assert (spec.profile, spec.slurm.device_type, spec.slurm.world_size) == ("local", "cpu", 1)
     assert (c.model.name, c.parallel.plugin, c.precision) == ("tiny", "torch_ddp", "fp32")
-    assert c.data.dataset == str(REPO / "demo_runs" / "data" / "beans_synthetic")
+    assert c.data.dataset == str(REPO / "demo_runs" / "data" / "beans_synthetic_v2")

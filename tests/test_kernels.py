@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from hpc import kernels
 from vit_train.kernels import jit_cache
 from tests.train_utils import REPO, child_env
 

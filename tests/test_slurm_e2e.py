@@ -337,7 +337,7 @@ def test_e2e_grid_3x3_to_completion(slurm_cluster: Any, tmp_path: Path, syntheti
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """grids/cpu_tiny.yaml as shipped (dataset path relative to the grid file), 9 runs in one array."""
     grid = _cpu_tiny_copy(tmp_path)
-    (tmp_path / "demo_runs" / "data" / "beans_synthetic").symlink_to(synthetic_dataset)
+    (tmp_path / "demo_runs" / "data" / "beans_synthetic_v2").symlink_to(synthetic_dataset)
     monkeypatch.setenv("VIT_TRAIN_CACHE", str(data_cache))  # sbatch exports the submitting environment
     assert cli_main(["submit", str(grid)]) == 0
     sts = _wait_for(grid, _all("finished"), "9 runs finished", timeout=6 * JOB_TIMEOUT)

@@ -217,7 +217,7 @@ def _normalise(text: str, root: Path) -> str:
 
 def _cpu_tiny_copy(root: Path) -> Path:
     (root / "grids").mkdir()
-    (root / "demo_runs" / "data" / "beans_synthetic").mkdir(parents=True)
+    (root / "demo_runs" / "data" / "beans_synthetic_v2").mkdir(parents=True)
     grid = root / "grids" / "cpu_tiny.yaml"
     grid.write_text((REPO / "grids" / "cpu_tiny.yaml").read_text())
     return grid
@@ -377,6 +377,51 @@ def test_preflight_lists_every_bad_point(slurm_cluster: Any, tmp_path: Path) -> 
     assert found[1].startswith("run 3 {parallel.tp_size=5}") and "parallel.tp_size=5" in found[1]
     assert found[2].startswith("run 0 {parallel.tp_size=1}; run 2 {parallel.tp_size=2}: data.dataset:"), found[2]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slurm
+def test_dry_run_prints_runs_and_script_then_every_problem(slurm_cluster: Any, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grid that is not ready yet (its dataset not fetched, a partition the cluster lacks: the real
+    sinfo and sbatch --test-only) still shows every resolved run and the sbatch script it would submit;
+    then every problem, and the exit code says it would not submit."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    (tmp_path / "grids").mkdir()
+    grid = tmp_path / "grids" / "pf.yaml"
+    doc = _merge(BASE_GRID, {"base": {"data": {"dataset": "../not_fetched_yet"}}, "slurm": {"partition": "nosuch"}})
+    grid.write_text(yaml.safe_dump(doc, sort_keys=False))
+    before, queue = _tree(tmp_path), _squeue()
+    lines: list[str] = []
+    with pytest.raises(PreflightError) as err:
+        submission.submit(grid, dry_run=True, out=lines.append)
+    text = "\n".join(lines)
+    assert text.count("    signature ") == 2 and "point {'optim.lr': 0.001}" in text and "point {'optim.lr': 0.002}" in text
+    assert "#!/bin/bash" in text and "#SBATCH --partition=nosuch" in text and "#SBATCH --array=0-1" in text
+    assert "once the 2 preflight problem(s) after the script are fixed" in text
+    assert [(f.where, f.field) for f in err.value.failures] == [("all 2 runs", "data.dataset"), ("grid", "slurm.partition")]
+    assert _tree(tmp_path) == before and _squeue() == queue
+
+    # The CLI, as a user runs it: runs and script first, then the problems, exit code 2.
+    proc = subprocess.run([sys.executable, str(REPO / "submit.py"), "submit", str(grid), "--dry-run"], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120, check=False)
+    out = proc.stdout
+    assert proc.returncode == 2, out
+    assert out.index("signature ") < out.index("#!/bin/bash") < out.index("error: preflight of"), out
+    assert "not_fetched_yet does not exist" in out and "partition 'nosuch' does not exist" in out
+    # A ready grid: the same print, exit code 0.
+    (tmp_path / "not_fetched_yet").mkdir()
+    grid.write_text(yaml.safe_dump(_merge(doc, {"slurm": {"partition": "debug"}}), sort_keys=False))
+    assert cli_main(["submit", str(grid), "--dry-run"]) == 0
+    assert "#SBATCH --partition=debug" in capsys.readouterr().out
+
+
+def test_dry_run_of_an_empty_grid_file_says_it_is_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "empty.yaml"
+    grid.write_text("")
+    assert cli_main(["submit", str(grid), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "empty.yaml: the grid file is empty" in err and "profile is missing" not in err, err
 
 
 def test_help_of_every_command(capsys: pytest.CaptureFixture[str]) -> None:

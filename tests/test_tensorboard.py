@@ -1,7 +1,8 @@
 """hpc.tensorboard: the real TensorBoard over a real grid folder, read through its HTTP API and a real browser.
 
 Nothing is faked: three real training runs (tiny model, synthetic beans-like data, 3 steps, three
-learning rates) write GRID/run-a, run-b, run-c; the command starts the real TensorBoard server on a
+learning rates: a grid's expansion, run by the training CLI from the expanded configs, as a job runs
+them) write GRID/run-a, run-b, run-c; the command starts the real TensorBoard server on a
 free localhost port; the test reads every run's scalars and the HParams of every run over HTTP, then
 renders the HParams view in headless Chromium (a screenshot, and the rendered text read through the
 DevTools protocol, since TensorBoard's Polymer components keep their content in shadow DOM, which
@@ -28,7 +29,8 @@ from typing import Any
 import pytest
 
 from hpc.tensorboard import tunnel_command, tunnel_for_here
-from tests.train_utils import REPO, base_args, child_env, free_port
+from tests.train_utils import REPO, child_env, free_port
+from vit_train.config import IDENTIFYING_HPARAMS
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,14 +44,23 @@ def grid_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """GRID/run-{a,b,c}: the real training CLI, three learning rates, started together."""
     from vit_train.synthetic import make_beans_like
 
+    from hpc.grid import expand, parse_grid
+
     tmp = tmp_path_factory.mktemp("tb")
     data = make_beans_like(tmp / "data", num_train=48, num_validation=12, image_size=32)
     grid = tmp / "GRID"
+    base = {"model.name": "tiny", "data.dataset": str(data), "data.cache_dir": str(tmp / "cache"), "data.num_workers": 0,
+            "optim.batch_size": 8, "optim.epochs": 1, "optim.max_steps": 3, "optim.max_grad_norm": 0,
+            "logging.log_every_n_steps": 1, "checkpoint.export_hf": False}
+    spec = parse_grid({"name": "GRID", "output_root": str(tmp), "profile": "local", "base": base,
+                       "slurm": {"nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1},
+                       "grid": {"optim.lr": list(RUNS.values())}}, base_dir=tmp)
     procs = {}
-    for name, lr in RUNS.items():
-        args = base_args(data, tmp / "cache", grid / name, **{"optim.max_steps": 3, "optim.lr": lr})
-        procs[name] = subprocess.Popen([sys.executable, "-m", "vit_train", *args], cwd=REPO, env=child_env(),
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for name, run in zip(RUNS, expand(spec), strict=True):
+        config = tmp / f"{name}.yaml"
+        config.write_text(json.dumps({**run.config.to_dict(), "output_dir": str(grid / name)}))  # JSON is YAML
+        procs[name] = subprocess.Popen([sys.executable, "-m", "vit_train", "--config", str(config)], cwd=REPO,
+                                       env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for name, proc in procs.items():
             out, _ = proc.communicate(timeout=240)
@@ -162,7 +173,11 @@ def test_hparams_of_every_run_over_http(server: tuple[str, str], grid_folder: Pa
     base, _ = server
     experiment = _post(base, "/data/plugin/hparams/experiment", {"experimentName": ""})
     names = {h["name"] for h in experiment["hparamInfos"]}
-    assert {"optim.lr", "optim.batch_size", "model.name", "data.dataset"} <= names
+    # What the grid varies and what identifies a run; not paths, columns or operational fields.
+    assert names == {"optim.lr", *IDENTIFYING_HPARAMS}, names
+    assert not names & {"output_dir", "data.dataset", "data.image_column", "data.eval_split", "data.cache_dir"}
+    saved = json.loads((grid_folder / "run-a" / "config.json").read_text())["logging"]["hparams"]
+    assert set(saved) == names  # the saved config says what was shown
     assert {m["name"]["tag"] for m in experiment["metricInfos"]} >= {"hparam/accuracy", "hparam/eval_loss"}
     groups = _post(base, "/data/plugin/hparams/session_groups", {
         "experimentName": "",
@@ -264,7 +279,11 @@ def test_hparams_view_renders_every_run(server: tuple[str, str], grid_folder: Pa
     for run in RUNS:
         assert f"{run}/tb" in lines
     assert "optim.lr" in lines and "Trial ID" in lines  # the hparam list and the table's header
-    assert lines.count(str(grid_folder.parent / "data")) >= 3  # data.dataset, one cell per run
+    assert {"optim.batch_size", "parallel.plugin", "precision"} <= set(lines)  # what identifies a run
+    for hidden in ("output_dir", "data.image_column", "data.dataset", "data.eval_split"):
+        assert hidden not in lines, hidden
+    assert str(grid_folder.parent / "data") not in text  # no data.dataset cells
+    assert "torch_ddp" in lines and lines.count("tiny") >= 3  # parallel.plugin and model.name, one cell per run
 
     # The screenshot a person would see (kept under the test's tmp folder for inspection).
     shot = tmp_path / "hparams.png"

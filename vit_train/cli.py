@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a Hugging Face ViT with a ColossalAI plugin. Runs alone, under torchrun "
         "(torchrun --nproc_per_node N -m vit_train ...) or under srun (one task per GPU). Resumes "
         "automatically from the newest complete checkpoint in --output_dir.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        # Not ArgumentDefaultsHelpFormatter: a field flag's argparse default is None (so that only the
+        # flags given override --config); its help names RunConfig's default itself, once.
+        usage="python -m vit_train [-h] [--config RUN.yaml] [--print-config] [--SECTION.FIELD V ...]",
     )
     p.add_argument("--config", type=Path, help="YAML file with a nested run config; flags override it")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")

@@ -89,6 +89,12 @@ def coerce(key: str, type_str: str, value: Any) -> Any:
             if isinstance(value, str):
                 value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
             return tuple(float(v) for v in value)
+        if base.startswith("tuple[str"):  # a YAML list, or "a,b" from the command line
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return tuple(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}={value!r}: expected {base}") from None
     return value

@@ -2,7 +2,9 @@
 
 Each data-parallel shard counts its samples once (tensor-parallel copies and non-last pipeline
 stages contribute zero), so loss and accuracy are sums over samples divided by the sample count,
-not means of per-rank means.
+not means of per-rank means. The loop reads nothing back to the host per batch (masked sums, the
+confusion matrix by index_add, batches and masks copied from pinned memory); the few misclassified
+samples shown in TensorBoard are picked from one transfer after the last batch.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 
 from vit_train.distributed.process_group import all_reduce_sum, several_ranks
 from vit_train.sampling import eval_shards
-from vit_train.step import criterion
+from vit_train.step import criterion, gather_batch, to_device
 
 MAX_SHOWN = 8
 
@@ -32,11 +34,10 @@ def evaluate(tr: Any) -> tuple[dict[str, float], dict[str, Any]]:
     correct = torch.zeros((), dtype=torch.float64, device=dev)
     count = torch.zeros((), dtype=torch.float64, device=dev)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=dev)
-    wrong: list[tuple[int, int, int]] = []  # (sample index, true, predicted), a few for TensorBoard
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (indices, [true, predicted, wrong] on the device)
     for idx, mask in eval_shards(len(tr.eval_y), per_rank, lay.dp_rank, lay.dp_size):
-        x = tr.eval_x[idx].to(dev, non_blocking=True)
-        y = tr.eval_y[idx].to(dev, non_blocking=True)
-        m = mask.to(dev)
+        x, y = gather_batch(tr.eval_x, tr.eval_y, idx, dev)
+        m = to_device(mask, dev)
         logits = _logits(tr, x, y)
         tr.faults.in_eval(tr.state.step)
         if logits is None:
@@ -46,10 +47,9 @@ def evaluate(tr: Any) -> tuple[dict[str, float], dict[str, Any]]:
         loss_sum += (losses * m).sum()
         correct += ((pred == y) & m).sum()
         count += m.sum()
-        confusion.index_put_((y[m], pred[m]), torch.ones_like(y[m], dtype=torch.float64), accumulate=True)
-        if lay.counts_metrics and len(wrong) < MAX_SHOWN:
-            bad = (m & (pred != y)).cpu()
-            wrong += list(zip(idx[bad].tolist(), y.cpu()[bad].tolist(), pred.cpu()[bad].tolist()))[: MAX_SHOWN - len(wrong)]
+        confusion.view(-1).index_add_(0, y * num_classes + pred, m.double())  # padding adds 0
+        if lay.counts_metrics:
+            seen.append((idx, torch.stack((y, pred, (m & (pred != y)).long()))))
     w = 1.0 if lay.counts_metrics else 0.0
     flat = [float(loss_sum) * w, float(correct) * w, float(count) * w] + (confusion.flatten() * w).tolist()
     total = all_reduce_sum(flat, dev)
@@ -57,7 +57,17 @@ def evaluate(tr: Any) -> tuple[dict[str, float], dict[str, Any]]:
     confusion_all = torch.tensor(total[3:]).reshape(num_classes, num_classes)
     tr.model.train()
     metrics = {"loss": total[0] / n, "accuracy": total[1] / n, "samples": total[2]}
-    return metrics, _figures(tr, confusion_all, _gather(wrong))
+    return metrics, _figures(tr, confusion_all, _gather(_first_wrong(seen)))
+
+
+def _first_wrong(seen: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[int, int, int]]:
+    """(sample index, true, predicted) of this rank's first MAX_SHOWN misclassified samples."""
+    if not seen:
+        return []
+    idx = torch.cat([i for i, _ in seen])
+    true, pred, bad = torch.cat([t for _, t in seen], dim=1).cpu()  # the one read back
+    pick = bad.nonzero().flatten()[:MAX_SHOWN]
+    return list(zip(idx[pick].tolist(), true[pick].tolist(), pred[pick].tolist()))
 
 
 def _gather(items: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:

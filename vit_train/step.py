@@ -39,7 +39,7 @@ def gather_batch(
     if device.type != "cuda":
         return x[idx], y[idx]
     if x.device.type == "cuda":  # staged split: move the few indices, gather on the GPU
-        idx = idx.pin_memory().to(device, non_blocking=True)
+        idx = to_device(idx, device)
         return x[idx], y[idx]
     # Gather straight into pinned memory so the copy runs asynchronously (a pageable source makes
     # the copy wait for the GPU to drain); the caching host allocator keeps each buffer until its
@@ -49,6 +49,14 @@ def gather_batch(
     torch.index_select(x, 0, idx, out=xb)
     torch.index_select(y, 0, idx, out=yb)
     return xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (a small CPU tensor) on ``device`` without a host synchronisation: a copy from pageable
+    memory waits for the GPU's queue to drain, one from pinned memory does not."""
+    if device.type != "cuda" or t.device.type == "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def criterion(outputs: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from vit_train import evaluation
+from vit_train import evaluation, graph_step
 from vit_train.step import criterion, gather_batch, stage_on_device
 from vit_train.components.checkpoint import CheckpointManager
 from vit_train.config import RunConfig
@@ -140,6 +140,8 @@ class Trainer:
         self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last, env.rank, env.world_size, self.faults)
         self.state = LoopState()
         self._resume()
+        self._interval_loss = torch.zeros((), dtype=torch.float64, device=self.device)  # a graph adds into it
+        self.graph = graph_step.build(self)  # the step as one CUDA graph (model.cuda_graph), after the resume
         self.tracker = Tracker(
             self.run_dir, env.is_main, cfg.logging.tensorboard, self.state.step, self.total_steps
         )
@@ -216,9 +218,7 @@ class Trainer:
         while st.step < self.total_steps:
             perm = self.order.epoch_permutation(st.epoch)
             while st.step_in_epoch < self.order.steps_per_epoch and st.step < self.total_steps:
-                loss, self._grad_norm = self.train_step(perm, st.step_in_epoch)
-                if loss is not None:
-                    self._interval_loss += loss.detach().double()
+                _, self._grad_norm = self.train_step(perm, st.step_in_epoch)
                 self._interval_steps += 1
                 st.step += 1
                 st.step_in_epoch += 1
@@ -241,7 +241,7 @@ class Trainer:
         return self.finish()
 
     def _reset_interval(self) -> None:
-        self._interval_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._interval_loss.zero_()
         self._interval_steps, self._interval_t0, self._grad_norm = 0, time.perf_counter(), None
 
     def train_step(self, perm: torch.Tensor, step_in_epoch: int) -> tuple[torch.Tensor | None, Any]:
@@ -249,8 +249,12 @@ class Trainer:
         # Fingerprint of the step's *global* batch (same on every rank and layout): lets tests and
         # users check that a resumed run saw the same data order.
         self._batch_crc = zlib.crc32(self.order.batch_indices(perm, step_in_epoch, 0, 1).numpy().tobytes())
-        x, y = gather_batch(self.train_x, self.train_y, idx, self.device)
         self.model.train()
+        if self.graph is not None:  # it also adds the loss into _interval_loss, inside the graph
+            loss, grad_norm = self.graph.step(idx)
+            self.scheduler.step()
+            return loss, grad_norm
+        x, y = gather_batch(self.train_x, self.train_y, idx, self.device)
         if self.layout.uses_pipeline:
             out = self.booster.execute_pipeline(
                 iter([{"pixel_values": x, "labels": y}]), self.model, criterion, self.optimizer, return_loss=True
@@ -265,6 +269,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.scheduler.step()
+        if loss is not None:  # counted here, read on the host only by log()
+            self._interval_loss += loss.detach().double()
         return loss, grad_norm
 
     def _clip_and_norm(self) -> Any:
@@ -368,9 +374,9 @@ class Trainer:
         }
         if self.env.is_main:
             atomic_write_text(self.run_dir / "result.json", json.dumps(result, indent=1))
-            hp = {k: v for k, v in self.cfg.flat().items() if not k.startswith(("logging.", "checkpoint.", "data.cache"))}
-            self.tracker.log_hparams(hp, {"accuracy": result["eval_accuracy"] or 0.0, "eval_loss": result["eval_loss"] or 0.0,
-                                          "avg_train_loss": avg})
+            # What the grid varies and what identifies a run (logging.hparams), not every field.
+            self.tracker.log_hparams(self.cfg.hparam_values(), {"accuracy": result["eval_accuracy"] or 0.0,
+                                                                "eval_loss": result["eval_loss"] or 0.0, "avg_train_loss": avg})
             self.tracker.write_progress({"state": "completed", "step": st.step, "epoch": self._epoch_f(),
                                          "loss": avg, "accuracy": result["eval_accuracy"]})
         self.tracker.close()

@@ -191,6 +191,8 @@ def loops(name):
         for label, fn in (("discard", discard), ("hold", hold), ("hold_acc", hold_acc), ("bench_timed", None)):
             torch.cuda.synchronize(); t = time.perf_counter()
             if fn is None:
+                from vit_train.bench import worker as bench_worker
+
                 sec = bench_worker._timed(step, s0, 20, dev)
             else:
                 fn(20); torch.cuda.synchronize(); sec = time.perf_counter() - t

@@ -4,7 +4,7 @@ the import measurements of runs 14-15 (benchmarks/HISTORY.md).
                                          by top-level package; --compile precompiles those packages
   startup_probe.py imports               seconds for import torch / the rest of a worker's imports
   startup_probe.py importtime FILE       top cumulative entries of a python -X importtime log"""
-import json, os, subprocess, sys, time
+import os, subprocess, sys, time
 from collections import Counter
 
 

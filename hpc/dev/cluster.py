@@ -30,8 +30,8 @@ from functools import partial
 from pathlib import Path
 
 from hpc.dev import cluster_conf as conf
+from hpc.dev.cluster_install import install, missing_packages  # noqa: F401  (used by main and tests)
 
-DEFAULT_STATE_DIR = "/tmp/vit_slurm_dev"
 # Clients (sbatch, sacct, submitit's calls to them) read /etc/slurm/slurm.conf unless SLURM_CONF is
 # set, so the configs must live there, not in the state dir. slurmdbd.conf and gres.conf sit beside it.
 SLURM_ETC = Path("/etc/slurm")
@@ -50,8 +50,8 @@ class ClusterInfo:
     default_partition: str = "debug"
 
 
-def _state_dir(state_dir: str | Path | None) -> Path:
-    return Path(state_dir or os.environ.get("VIT_DEVCLUSTER_DIR") or DEFAULT_STATE_DIR).resolve()
+_state_dir = conf.state_dir
+DEFAULT_STATE_DIR = conf.DEFAULT_STATE_DIR
 
 
 # Without SLURM_* (e.g. SLURM_CONF, if run inside a job of another cluster): use our /etc/slurm.
@@ -345,26 +345,6 @@ def status(state_dir: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def missing_packages() -> list[str]:  # /usr/sbin is often not on a non-root PATH
-    return sorted({pkg for binary, pkg in conf.BINARIES.items()
-                   if not (shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin:/sbin:/bin"))})
-
-
-def install() -> None:
-    """apt-get install the Debian packages if any binary is missing (needs root then)."""
-    if not (missing := missing_packages()):
-        print("devcluster install: slurm, munge and mariadb are installed")
-        return
-    if os.geteuid() != 0:
-        raise SystemExit(f"devcluster install: needs root to install the Debian packages {' '.join(missing)}; "
-                         f"run as root: apt-get install --no-install-recommends {' '.join(conf.PACKAGES)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *conf.PACKAGES], env=env, check=True)
-    if missing_packages():
-        raise SystemExit(f"devcluster install: still missing {missing_packages()} after apt-get install")
-
-
 def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", help=f"default $VIT_DEVCLUSTER_DIR or {DEFAULT_STATE_DIR}")
@@ -380,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     args, t0 = parser.parse_args(argv), time.monotonic()
     try:
         if args.cmd == "install":
-            install()
+            install(args.state_dir)
         elif args.cmd == "start":
             start(**{k: getattr(args, k) for k in conf.DEFAULTS}, state_dir=args.state_dir, timeout=args.timeout)
         elif args.cmd == "stop":

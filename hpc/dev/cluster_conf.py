@@ -33,6 +33,13 @@ HOSTS_TAG = "# vit-devcluster"
 MUNGE_PID = Path("/run/munge/munged.pid")
 MYSQL_PID = Path("/run/mysqld/mysqld.pid")
 
+DEFAULT_STATE_DIR = "/tmp/vit_slurm_dev"
+"""Where the dev cluster keeps its configuration, state, logs and pid files ($VIT_DEVCLUSTER_DIR wins)."""
+
+
+def state_dir(state_dir: str | Path | None = None) -> Path:
+    return Path(state_dir or os.environ.get("VIT_DEVCLUSTER_DIR") or DEFAULT_STATE_DIR).resolve()
+
 
 @dataclass(frozen=True)
 class Layout:

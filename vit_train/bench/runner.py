@@ -17,7 +17,9 @@ the row, which host-bound rows follow). Writes ``bench.json`` and ``bench.md`` u
 short keeps what it measured) and prints the table last.
 
 On CPU (``--model tiny --steps 3``) it is the CI smoke test: Gemini and the compiled
-configurations are listed as skipped with the reason, everything else runs.
+configurations are listed as skipped with the reason, everything else runs. Every row at small
+batches: ``--batch-size 8`` then ``32`` (per GPU; ``--num-train`` defaults to 4 batches). The
+``*graph`` rows' numerics (losses against eager, resume): ``python -m vit_train.bench.graph_check``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class BenchConfig:
     """torch kind: bf16 autocast; False is the fp32 reference (TF32 off)."""
     bf16_weights: bool = False
     """torch kind: bf16 weights with an fp32 master copy for the optimizer, instead of autocast."""
+    graph: bool = False
+    """torch kind: the whole step captured as one CUDA graph (vit_train.graph_step.CapturedStep)."""
     nproc: int = 1
     needs_cuda: bool = False
     steps: int | None = None
@@ -83,6 +87,7 @@ ZERO = {"parallel.plugin": "low_level_zero"}
 HYBRID = {"parallel.plugin": "hybrid_parallel"}
 GEMINI = {"parallel.plugin": "gemini", "optim.optimizer": "hybrid_adam"}
 AS_SHIPPED = {AS_SHIPPED_ENV: "1"}
+GRAPH = {"model.cuda_graph": True}
 
 CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("fp32_reference", "torch", "plain PyTorch fp32, TF32 off (loss reference)", autocast=False, steps=5),
@@ -90,12 +95,16 @@ CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("torch_compile", "torch", "plain PyTorch + torch.compile", compile=True),
     BenchConfig("torch_compile_bf16", "torch", "plain PyTorch + compile, bf16 weights, fp32 master weights",
                 compile=True, bf16_weights=True),
+    BenchConfig("torch_graph", "torch", "plain PyTorch eager kernels, the whole step as one CUDA graph (capturable "
+                "fused AdamW, lr as a device tensor)", graph=True, needs_cuda=True),
     _t("ddp", "TorchDDPPlugin, bf16 autocast", overrides=DDP, measure_sync=True),
     _t("ddp_as_shipped", "TorchDDPPlugin, ColossalAI as shipped (VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: torch DDP "
        "around the one-rank model)", overrides=DDP, env=AS_SHIPPED),
     _t("ddp+compile", "TorchDDPPlugin + compile", overrides=DDP, compile=True),
     _t("ddp+compile_stock", "TorchDDPPlugin + compile, transformers' own ViT forwards (model.fast_forwards off)",
        overrides={**DDP, "model.fast_forwards": False}, compile=True),
+    _t("ddp+graph", "TorchDDPPlugin, each step one CUDA graph (model.cuda_graph)", overrides={**DDP, **GRAPH}, needs_cuda=True),
+    _t("ddp+compile+graph", "TorchDDPPlugin + compile + CUDA graph", overrides={**DDP, **GRAPH}, compile=True, needs_cuda=True),
     _t("zero1", "LowLevelZeroPlugin stage 1, bf16", overrides={**ZERO, "parallel.zero_stage": 1}),
     _t("zero2", "LowLevelZeroPlugin stage 2, bf16", overrides={**ZERO, "parallel.zero_stage": 2}),
     _t("zero1+compile", "LowLevelZeroPlugin stage 1 + compile", overrides={**ZERO, "parallel.zero_stage": 1},
@@ -116,6 +125,9 @@ CONFIGS: tuple[BenchConfig, ...] = (
     _t("hybrid+compile_ddp_wrapped", "HybridParallelPlugin + compile, ColossalAI as shipped "
        "(VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: torch DDP around the one-rank model, per-parameter optimizer loops)",
        overrides=HYBRID, compile=True, env=AS_SHIPPED),
+    _t("hybrid+graph", "HybridParallelPlugin tp1 pp1, each step one CUDA graph", overrides={**HYBRID, **GRAPH}, needs_cuda=True),
+    _t("hybrid+compile+graph", "HybridParallelPlugin + compile + CUDA graph", overrides={**HYBRID, **GRAPH}, compile=True,
+       needs_cuda=True),
     _t("gemini", "GeminiPlugin static, HybridAdam, bf16", overrides=GEMINI, needs_cuda=True),
     _t("gemini_as_shipped", "GeminiPlugin as ColossalAI ships it (VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: "
        "asynchronous gradient reduction on one rank)", overrides=GEMINI, needs_cuda=True, env=AS_SHIPPED),
@@ -128,6 +140,8 @@ CONFIGS: tuple[BenchConfig, ...] = (
     _t("ddp_x2", "TorchDDPPlugin, 2 ranks", overrides=DDP, nproc=2),
     _t("zero2_x2", "LowLevelZeroPlugin stage 2, 2 ranks", overrides={**ZERO, "parallel.zero_stage": 2}, nproc=2),
     _t("hybrid_tp2", "HybridParallelPlugin tp2", overrides={**HYBRID, "parallel.tp_size": 2}, nproc=2),
+    _t("hybrid_tp2+graph", "HybridParallelPlugin tp2, one CUDA graph per rank (the TP all-reduces inside it)",
+       overrides={**HYBRID, "parallel.tp_size": 2, **GRAPH}, nproc=2, needs_cuda=True),
     _t("hybrid_pp2", "HybridParallelPlugin pp2, 4 micro-batches",
        overrides={**HYBRID, "parallel.pp_size": 2, "parallel.num_microbatches": 4}, nproc=2),
 )

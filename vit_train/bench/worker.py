@@ -96,7 +96,9 @@ def _trainer_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str
         tr._should_stop()  # the loop's per-step check (a collective only with several ranks)
         return loss
 
-    return step, {"trainer": tr, "rank": env.rank, "world_size": env.world_size, "device": env.device,
+    # counts_loss: Trainer.train_step adds its loss into the interval sum itself (inside the graph with
+    # model.cuda_graph), so the timing loop does not add it a second time.
+    return step, {"trainer": tr, "rank": env.rank, "world_size": env.world_size, "device": env.device, "counts_loss": True,
                   "setup_seconds": tr.setup_seconds}
 
 
@@ -131,7 +133,7 @@ def _torch_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str, 
         for m in masters:
             m.grad = torch.zeros_like(m)
     opt = torch.optim.AdamW([{"params": [m for m in masters if m.ndim > 1]}, {"params": [m for m in masters if m.ndim <= 1]}],
-                            lr=spec["lr"], weight_decay=0.0, fused=device.type == "cuda" or None)
+                            lr=spec["lr"], weight_decay=0.0, fused=device.type == "cuda" or None, capturable=c["graph"])
     sched = get_cosine_schedule_with_warmup(opt, 0, spec["total_steps"])  # as the trainer's
     if c["compile"]:
         model.compile()
@@ -140,6 +142,8 @@ def _torch_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str, 
     spe = order.steps_per_epoch
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c["autocast"] and not c["bf16_weights"])
     _mark("setup")
+    if c["graph"]:
+        return _torch_graph_step(spec, model, opt, sched, x, y, order), {"device": device}
 
     def step(s: int) -> Any:
         idx = order.batch_indices(order.epoch_permutation(s // spe), s % spe, 0, 1).to(device, non_blocking=True)
@@ -162,6 +166,39 @@ def _torch_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str, 
     return step, {"device": device}
 
 
+def _torch_graph_step(spec: dict[str, Any], model: Any, opt: Any, sched: Any, x: Any, y: Any, order: Any) -> Callable[[int], Any]:
+    """The plain-PyTorch step above (autocast variant) captured whole as one CUDA graph: the same
+    warm-up/capture/replay bookkeeping as the Trainer's model.cuda_graph, with none of its plugin."""
+    import torch
+    import torch.nn.functional as F
+
+    from vit_train.graph_step import CapturedStep, CudaSeam
+
+    params = list(model.parameters())
+    static_idx = torch.zeros(spec["batch_size"], dtype=torch.int64, device=x.device)
+    static_loss = torch.zeros((), device=x.device)
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+    def body() -> None:
+        with autocast:
+            logits = model(pixel_values=x.index_select(0, static_idx)).logits
+        loss = F.cross_entropy(logits.float(), y.index_select(0, static_idx))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, spec["max_grad_norm"], foreach=True)
+        opt.step()
+        static_loss.copy_(loss.detach())
+
+    captured = CapturedStep(body, lambda: opt.zero_grad(set_to_none=True), opt.param_groups, static_idx, CudaSeam(x.device))
+    spe = order.steps_per_epoch
+
+    def step(s: int) -> Any:
+        captured(order.batch_indices(order.epoch_permutation(s // spe), s % spe, 0, 1))
+        sched.step()
+        return static_loss
+
+    return step
+
+
 # ---------------------------------------------------------------------------------------- timing
 def _sync(device: Any) -> None:
     import torch
@@ -170,7 +207,8 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step: Callable[[int], Any], first: int, n: int, device: Any, extra: Callable[[], Any] | None = None) -> float:
+def _timed(step: Callable[[int], Any], first: int, n: int, device: Any, extra: Callable[[], Any] | None = None,
+           count_loss: bool = True) -> float:
     import torch
 
     acc = torch.zeros((), dtype=torch.float64, device=device)
@@ -178,7 +216,7 @@ def _timed(step: Callable[[int], Any], first: int, n: int, device: Any, extra: C
     t0 = time.perf_counter()
     for s in range(first, first + n):
         loss = step(s)
-        if loss is not None:
+        if loss is not None and count_loss:  # what the Trainer's loop adds per step
             acc += loss.detach().double()
         if extra is not None:
             extra()
@@ -212,14 +250,15 @@ def _measure(spec: dict[str, Any], step: Callable[[int], Any], state: dict[str, 
     out: dict[str, Any] = {"warmup_losses": losses, "steps": steps, "global_batch": images}
     if steps > 0:
         probe_before = host_probe_ms()
-        seconds = _timed(step, spec["warmup"], steps, device)
+        count_loss = not state.get("counts_loss", False)
+        seconds = _timed(step, spec["warmup"], steps, device, count_loss=count_loss)
         out.update(step_ms=1000 * seconds / steps, img_per_s=steps * images / seconds,
                    host_probe_ms=[round(probe_before, 2), round(host_probe_ms(), 2)])
         if spec["config"].get("measure_sync"):
             from vit_train.distributed.process_group import any_rank
 
             # The multi-rank stop check: a collective on a fresh device tensor and .item() every step.
-            seconds = _timed(step, spec["warmup"] + steps, steps, device, lambda: any_rank(False, device))
+            seconds = _timed(step, spec["warmup"] + steps, steps, device, lambda: any_rank(False, device), count_loss)
             out["img_per_s_with_stop_sync"] = steps * images / seconds
     if spec.get("profile") and device.type == "cuda":
         out["profile"] = _profile(step, spec["warmup"] + 2 * steps, device)

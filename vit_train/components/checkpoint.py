@@ -188,6 +188,7 @@ class CheckpointManager:
         check_compatible(state, expect, path)
         booster.load_model(model, str(path / "model"))
         booster.load_optimizer(optimizer, str(path / "optimizer"))
+        steps_on_param_device(getattr(optimizer, "optim", optimizer))
         rng = path / "rng" / f"rank-{self.rank:05d}.safetensors"
         if state.get("world_size") == self.world_size and rng.is_file():
             _load_rng(rng)
@@ -196,6 +197,20 @@ class CheckpointManager:
                      state.get("world_size"), self.world_size)
         barrier()
         return state
+
+
+def steps_on_param_device(optim: Any) -> None:
+    """Put a fused/capturable torch optimizer's ``step`` counters on their parameters' device, as
+    torch's own ``load_state_dict`` does: ColossalAI's loaders leave them where they were read (the
+    CPU), and the fused CUDA kernels read the counter through a device pointer (a CUDA graph would
+    also never run a CPU increment). Other optimizers (HybridAdam) are left as they are."""
+    for group in getattr(optim, "param_groups", []):
+        if not (group.get("fused") or group.get("capturable")):
+            continue
+        for p in group["params"]:
+            step = optim.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor) and step.device != p.device:
+                optim.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
 
 
 def check_compatible(state: dict[str, Any], expect: dict[str, Any], path: Path) -> None:

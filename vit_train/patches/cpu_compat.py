@@ -1,4 +1,4 @@
-"""Run-time fixes that let ColossalAI 0.5.0 Booster plugins train on CPU (gloo) with torch 2.13.
+"""Run-time fixes that let ColossalAI 0.5.0 Booster plugins train on CPU (gloo) with torch 2.13 and 2.5.1.
 
 Call :func:`apply_cpu_compat` once per process, after ``import colossalai`` is possible and
 before any plugin, optimizer or booster is built. It does nothing on a machine with CUDA.
@@ -11,8 +11,9 @@ attribute); nothing else in ColossalAI is touched:
 2. ``cpu_accelerator``: ``CpuAccelerator`` raises "not supported" for Stream/Event/current_stream/
    stream/synchronize/empty_cache/manual_seed, calls ``torch.get_rng_state(device)`` (no argument
    on CPU) and its ``current_device()`` raises; pipeline p2p code needs ``torch.device("cpu")``.
-3. ``hccl_available``: torch 2.13 dropped ``torch.distributed.is_hccl_available``, which
-   colossalai/pipeline/p2p.py:159 calls.
+3. ``hccl_available``: torch 2.13 dropped (and 2.5.1 lacks) ``torch.distributed.is_hccl_available``,
+   which colossalai/pipeline/p2p.py:159 calls; on a torch built with NCCL (any CUDA wheel, GPU or
+   not) the same check then reads ``Backend.HCCL``, which no torch defines, for every gloo group.
 4. ``hybrid_adam_torch_kernel``: ``CPUAdamLoader`` finds no usable kernel without CUDA (the x86
    kernel is a CUDA extension); we give CPUAdam/HybridAdam a pure-torch kernel with the same
    ``step`` signature and semantics (AdamW or Adam+L2, bias correction, loss-scale division).
@@ -80,9 +81,28 @@ def _fix_cpu_accelerator() -> None:
         setattr(CpuAccelerator, name, fn)
 
 
+def _check_for_nccl_backend(group: Any) -> bool:
+    """colossalai/pipeline/p2p.py:151 without the two names torch lacks: ``is_hccl_available()`` and
+    ``Backend.HCCL`` exist only with torch_npu (Ascend), so only an NCCL group counts."""
+    from torch.distributed import distributed_c10d as c10d
+
+    pg = group or c10d._get_default_group()
+    if c10d._GLOO_AVAILABLE:
+        while isinstance(pg, c10d._ProcessGroupWrapper):
+            pg = pg.wrapped_pg
+    return c10d.is_nccl_available() and pg.name() == c10d.Backend.NCCL
+
+
 def _fix_hccl_available() -> bool:
-    # pipeline/p2p.py:159 evaluates torch.distributed.is_hccl_available() in every p2p
-    # send/recv; torch 2.13 removed it. Without Ascend support it is always False.
+    # pipeline/p2p.py:159 evaluates torch.distributed.is_hccl_available() in every p2p send/recv
+    # (gone from torch 2.13 and absent from 2.5.1), then, on a torch built with NCCL (every CUDA
+    # wheel, e.g. PyPI's torch 2.5.1, also on a machine without a GPU) and a gloo group, reads
+    # c10d.Backend.HCCL, which only torch_npu registers. p2p._check_device looks the function up by
+    # name at each call, so replacing the module attribute is enough. (Setting Backend.HCCL instead
+    # would break torch_npu's own register_backend("hccl"), which asserts the name is new.)
+    from colossalai.pipeline import p2p
+
+    p2p._check_for_nccl_hccl_backend = _check_for_nccl_backend
     if hasattr(torch.distributed, "is_hccl_available"):
         return False
     torch.distributed.is_hccl_available = lambda: False  # type: ignore[attr-defined]
