@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vit_train.bench grid", description=__doc__.split("\n\n")[0])
     p.add_argument("--variants", default="b,h,c,a", help="comma-separated, run in this order, of: a, b, c, h "
                    "(default b,h,c,a: the b/h comparison first, the long sequential a last)")
-    p.add_argument("--out", type=Path, default=Path("runs/grid_bench"), help="folder for data, runs and the results")
+    p.add_argument("--out", type=Path, default=Path("runs/grid_bench"), help="folder for the results and the submit logs")
+    p.add_argument("--work", type=Path, default=None, help="folder for data, cache, grids and runs (default: --out); "
+                   "keep it apart where --out must stay small (checkpoints of ViT-B/16 are ~1 GB a run)")
     p.add_argument("--model", default="vit_b16", choices=sorted(PRESETS))
     p.add_argument("--num-train", type=int, default=1034)
     p.add_argument("--num-validation", type=int, default=133)
@@ -254,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_cuda = torch.cuda.is_available()
     gpu = (a.gpu or (os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0")) if on_cuda else None
     out = a.out.absolute()
-    data, cache, grids, runs = out / "data", out / "cache", out / "grids", out / "runs"
+    work_root = (a.work or a.out).absolute()
+    data, cache, grids, runs = work_root / "data", work_root / "cache", work_root / "grids", work_root / "runs"
     for d in (out, grids, runs):
         d.mkdir(parents=True, exist_ok=True)
     _python_m("vit_train.synthetic", [str(data), "--num-train", str(a.num_train), "--num-validation",
@@ -271,12 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.no_warmup:  # untimed: the data cache and ColossalAI's JIT kernels, once per plugin used
         for v in sorted({"a" if x in "abh" else "c" for x in variants}):
             cfg = {**base, **variant_overrides(v, on_cuda, c_options), "optim.batch_size": a.batch_sizes[0],
-                   "optim.max_steps": 3, "output_dir": str(out / "warmup" / v)}
-            shutil.rmtree(out / "warmup" / v, ignore_errors=True)
+                   "optim.max_steps": 3, "output_dir": str(work_root / "warmup" / v)}
+            shutil.rmtree(work_root / "warmup" / v, ignore_errors=True)
             t0 = time.perf_counter()
-            (out / "warmup").mkdir(exist_ok=True)
-            (out / "warmup" / f"{v}.yaml").write_text(yaml.safe_dump(_nested(cfg)))
-            _python_m("vit_train", ["--config", str(out / "warmup" / f"{v}.yaml")], a.timeout, _env(gpu))
+            (work_root / "warmup").mkdir(exist_ok=True)
+            (work_root / "warmup" / f"{v}.yaml").write_text(yaml.safe_dump(_nested(cfg)))
+            _python_m("vit_train", ["--config", str(work_root / "warmup" / f"{v}.yaml")], a.timeout, _env(gpu))
             report["warmup"].append({"variant": v, "seconds": time.perf_counter() - t0})
     for v in variants:
         over = variant_overrides(v, on_cuda, c_options)
