@@ -9,7 +9,7 @@ TORCH251_VENV ?= .venv-torch251
 TORCH251_TESTS ?= tests/test_train_layouts.py tests/test_resume.py tests/test_cpu_compat.py \
 	tests/test_one_rank_ddp.py tests/test_data_model.py tests/test_cli_train.py
 
-.PHONY: install install-python install-slurm test test-torch251 demo cluster-up cluster-down lint
+.PHONY: install install-python install-slurm test test-torch251 demo cluster-up cluster-down
 
 install: install-python install-slurm
 
@@ -23,11 +23,14 @@ install-python:
 # TensorBoard screenshot test (needs root).
 install-slurm:
 	@$(PYTHON) -m hpc.dev.cluster install
-	@command -v chromium >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium))
+	@command -v chromium >/dev/null || { mkdir -p .install && echo "[install] chromium (apt; log .install/chromium.log)" && \
+		{ (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium || \
+		   (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)) \
+		  > .install/chromium.log 2>&1 || { echo "[install] FAILED: chromium; last lines of .install/chromium.log:"; tail -20 .install/chromium.log; exit 1; }; }; }
 
+# --durations: the slowest tests are listed at the end of every run (CI's time budget is 20 minutes).
 test: install
-	$(PYTHON) -m pytest -x -q
+	$(PYTHON) -m pytest -x -q --durations=25
 
 test-torch251:
 	@test -x $(TORCH251_VENV)/bin/python || $(PYTHON) -m venv $(TORCH251_VENV)
