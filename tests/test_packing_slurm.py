@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ import yaml
 import hpc.job
 from hpc import procstate, runstate, slurm_query, submission
 from hpc.cli import main as cli_main
-from hpc.grid import expand, load_grid
 from hpc.job import TrainJob
+from tests.slurm_utils import all_phase, grid_statuses, run_differs, wait_for_grid
 from tests.train_utils import REPO, child_env
 
 WAIT_S = 300.0
@@ -56,27 +55,6 @@ def _real_base(dataset: Path, cache: Path) -> dict[str, Any]:
             "parallel": {"plugin": "torch_ddp"}, "precision": "fp32",
             "logging": {"log_every_n_steps": 1, "eval_every_n_epochs": 1, "tensorboard": True},
             "checkpoint": {"export_hf": True}}
-
-
-def _statuses(grid: Path) -> list[runstate.RunStatus]:
-    return submission.read_statuses([r.run_dir for r in expand(load_grid(grid))])
-
-
-def _wait_for(grid: Path, pred: Callable[[list[runstate.RunStatus]], bool], what: str,
-              timeout: float = WAIT_S) -> list[runstate.RunStatus]:
-    deadline = time.monotonic() + timeout
-    while True:
-        sts = _statuses(grid)
-        if pred(sts):
-            return sts
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not reached in {timeout:.0f} s: " +
-                        "; ".join(f"{s.name} {s.phase} {s.slurm_state} step {s.step} {s.failure}" for s in sts))
-        time.sleep(0.5)
-
-
-def _all(phase: str) -> Callable[[list[runstate.RunStatus]], bool]:
-    return lambda sts: all(s.phase == phase for s in sts)
 
 
 def _sacct_final(job_id: str, timeout: float = 60) -> slurm_query.SlurmJobState:
@@ -114,28 +92,6 @@ def _references(run_dirs: list[Path], tmp: Path, parallel: int = 2) -> dict[Path
     return {d: _REFERENCES[runstate.read_run_record(d).signature] for d in run_dirs}  # type: ignore[union-attr]
 
 
-def _differs(ref: Path, run: Path, tol: float = 1e-6) -> str | None:
-    """None when the run trained exactly what the reference did: steps, data order, losses, weights, eval."""
-    from safetensors.torch import load_file
-
-    def train(d: Path) -> list[dict[str, Any]]:
-        return [r for r in runstate._read_jsonl(d / "metrics.jsonl") if r.get("kind") == "train"]
-
-    ra, rb = train(ref), train(run)
-    if [(r["step"], r["batch_crc"]) for r in rb] != [(r["step"], r["batch_crc"]) for r in ra]:
-        return f"steps/data order {[r['step'] for r in rb]} vs {[r['step'] for r in ra]}"
-    bad = [(x["step"], x["loss"], y["loss"]) for x, y in zip(ra, rb) if abs(x["loss"] - y["loss"]) > tol]
-    if bad:
-        return f"losses differ at {bad[:3]}"
-    wa, wb = (load_file(str(d / "final_model" / "model.safetensors")) for d in (ref, run))
-    worst = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
-    if worst > tol:
-        return f"final weights differ by {worst}"
-    a, b = (json.loads((d / "result.json").read_text()) for d in (ref, run))
-    return next((f"{k} {b[k]} vs {a[k]}" for k in ("eval_accuracy", "eval_loss", "avg_train_loss")
-                 if abs(a[k] - b[k]) > tol), None)
-
-
 # ---------------------------------------------------------------------------- real training
 @pytest.mark.slurm
 @pytest.mark.slow
@@ -148,7 +104,7 @@ def test_packed_runs_train_what_they_train_alone(slurm_cluster: Any, tmp_path: P
     ids = submission.submit(grid, out=lambda _: None).job_ids
     tasks = sorted(set(ids.values()))
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, ids  # one array, two tasks
-    sts = _wait_for(grid, _all("finished"), "packed runs finished")
+    sts = wait_for_grid(grid, all_phase("finished"), "packed runs finished", WAIT_S)
     for task in tasks:
         end = _sacct_final(task)
         assert (end.state, end.exit_code) == ("COMPLETED", "0:0"), end
@@ -165,7 +121,7 @@ def test_packed_runs_train_what_they_train_alone(slurm_cluster: Any, tmp_path: P
         assert list((run_dir / "tb").glob("events.out.tfevents.*")) and list((run_dir / "checkpoints").glob("step-*"))
     assert sorted(len(v) for v in by_task.values()) == [2, 3]
     refs = _references([Path(s.run_dir) for s in sts], tmp_path)
-    diffs = {d.name: _differs(ref, d) for d, ref in refs.items()}
+    diffs = {d.name: run_differs(ref, d) for d, ref in refs.items()}
     assert all(v is None for v in diffs.values()), diffs
 
 
@@ -183,9 +139,9 @@ def test_usr2_to_a_packed_task_checkpoints_every_run(slurm_cluster: Any, tmp_pat
     ids = submission.submit(grid, out=lambda _: None).job_ids
     monkeypatch.delenv("VIT_TRAIN_FAULT")
     (job,) = set(ids.values())
-    _wait_for(grid, lambda sts: all((s.step or 0) >= HOLD_AT - 1 for s in sts), "every run near the hold")
+    wait_for_grid(grid, lambda sts: all((s.step or 0) >= HOLD_AT - 1 for s in sts), "every run near the hold", WAIT_S)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
-    sts = _wait_for(grid, _all("finished"), "finished after the requeue", timeout=2 * WAIT_S)
+    sts = wait_for_grid(grid, all_phase("finished"), "finished after the requeue", timeout=2 * WAIT_S)
     end = _sacct_final(job)
     assert (end.state, end.exit_code) == ("COMPLETED", "0:0"), end
     for s in sts:
@@ -196,7 +152,7 @@ def test_usr2_to_a_packed_task_checkpoints_every_run(slurm_cluster: Any, tmp_pat
         log = (run_dir / "logs" / f"{job}.err").read_text()
         assert f"resumed from {run_dir}/checkpoints/step-{HOLD_AT:06d}" in log, log[-2000:]
     refs = _references([Path(s.run_dir) for s in sts], tmp_path)
-    diffs = {d.name: _differs(ref, d) for d, ref in refs.items()}
+    diffs = {d.name: run_differs(ref, d) for d, ref in refs.items()}
     assert all(v is None for v in diffs.values()), diffs
 
 
@@ -253,13 +209,13 @@ def test_a_packed_run_killed_alone_fails_alone_and_resume_reruns_only_it(stub_jo
     grid = _stub_grid(tmp_path, "packkill", [1e-3, 2e-3, 5e-3], steps=30, runs_per_gpu=3)
     ids = submission.submit(grid, out=lambda _: None).job_ids
     (job,) = set(ids.values())
-    _wait_for(grid, lambda sts: all((s.step or 0) >= 2 for s in sts), "every run at step 2")
-    victim = next(s for s in _statuses(grid) if s.lr == 2e-3)
+    wait_for_grid(grid, lambda sts: all((s.step or 0) >= 2 for s in sts), "every run at step 2", WAIT_S)
+    victim = next(s for s in grid_statuses(grid) if s.lr == 2e-3)
     rec = procstate.read_record(Path(victim.run_dir))
     assert rec is not None and rec.job_id == job and rec.pid is not None
     os.kill(rec.pid, signal.SIGKILL)  # the run's own process, on this host (the dev cluster's nodes)
-    sts = _wait_for(grid, lambda sts: {s.lr: s.phase for s in sts} == {1e-3: "finished", 2e-3: "failed",
-                                                                       5e-3: "finished"}, "victim failed alone")
+    sts = wait_for_grid(grid, lambda sts: {s.lr: s.phase for s in sts} == {1e-3: "finished", 2e-3: "failed",
+                                                                       5e-3: "finished"}, "victim failed alone", WAIT_S)
     failed = next(s for s in sts if s.lr == 2e-3)
     assert "killed by SIGKILL" in failed.failure and failed.job_id == job, failed
     assert _sacct_final(job).state == "FAILED"  # the task reports the failure once its neighbours are done
@@ -267,7 +223,7 @@ def test_a_packed_run_killed_alone_fails_alone_and_resume_reruns_only_it(stub_jo
     again = submission.resume(grid, out=lines.append)
     assert list(again.job_ids) == [failed.name], lines
     assert sum(line.startswith("skip (finished)") for line in lines) == 2
-    sts = _wait_for(grid, _all("finished"), "finished after resume")
+    sts = wait_for_grid(grid, all_phase("finished"), "finished after resume", WAIT_S)
     rec2 = runstate.read_run_record(Path(failed.run_dir))
     assert rec2 is not None and [x.reason for x in rec2.submissions] == ["submit", "resume"]
     assert json.loads((Path(failed.run_dir) / "result.json").read_text())["resumed_from"] == 0  # SIGKILL: no checkpoint
@@ -277,7 +233,7 @@ def test_a_packed_run_killed_alone_fails_alone_and_resume_reruns_only_it(stub_jo
 def test_a_crashing_packed_run_shows_its_own_exception(stub_jobs: Any, tmp_path: Path) -> None:
     grid = _stub_grid(tmp_path, "packcrash", [1e-3, 0.5], steps=4, runs_per_gpu=2)
     submission.submit(grid, out=lambda _: None)
-    sts = _wait_for(grid, lambda sts: all(s.phase in runstate.SETTLED for s in sts), "settled")
+    sts = wait_for_grid(grid, lambda sts: all(s.phase in runstate.SETTLED for s in sts), "settled", WAIT_S)
     by_lr = {s.lr: s for s in sts}
     assert by_lr[1e-3].phase == "finished" and by_lr[0.5].phase == "failed"
     assert by_lr[0.5].failure_kind == "python_exception" and "loss is nan at lr 0.5" in by_lr[0.5].failure

@@ -28,6 +28,7 @@ import yaml
 from hpc import runstate, submission
 from hpc.triage import KINDS, Triage, classify_failure, last_exception
 from tests import reliability_report
+from tests.slurm_utils import grid_statuses, run_differs
 from tests.train_utils import REPO, child_env, free_port
 
 # ---------------------------------------------------------------------------- triage, pure
@@ -135,12 +136,6 @@ def _grid(root: Path, name: str, dataset: Path, cache: Path, lrs: list[float], *
     return path
 
 
-def _statuses(grid: Path) -> list[runstate.RunStatus]:
-    from hpc.grid import expand, load_grid
-
-    return submission.read_statuses([r.run_dir for r in expand(load_grid(grid))])
-
-
 def _progress(run_dir: Path) -> dict[str, Any]:
     return runstate._read_json(run_dir / "progress.json") or {}
 
@@ -207,30 +202,7 @@ def _reference(run_dir: Path, tmp: Path) -> Path:
     return out
 
 
-def _same(ref: Path, run: Path, tol: float = 1e-6) -> str | None:
-    """None if equal, else what differs."""
-    from safetensors.torch import load_file
 
-    def train(d: Path) -> list[dict[str, Any]]:
-        return [r for r in runstate._read_jsonl(d / "metrics.jsonl") if r.get("kind") == "train"]
-
-    ra, rb = train(ref), train(run)
-    if [r["step"] for r in rb] != [r["step"] for r in ra]:
-        return f"steps {[r['step'] for r in rb]} vs {[r['step'] for r in ra]}"
-    if [r["batch_crc"] for r in rb] != [r["batch_crc"] for r in ra]:
-        return "data order differs"
-    bad = [(x["step"], x["loss"], y["loss"]) for x, y in zip(ra, rb) if abs(x["loss"] - y["loss"]) > tol]
-    if bad:
-        return f"losses differ at {bad[:3]}"
-    wa, wb = (load_file(str(d / "final_model" / "model.safetensors")) for d in (ref, run))
-    worst = max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
-    if worst > tol:
-        return f"final weights differ by {worst}"
-    a, b = (json.loads((d / "result.json").read_text()) for d in (ref, run))
-    for key in ("eval_accuracy", "eval_loss", "avg_train_loss"):
-        if abs(a[key] - b[key]) > tol:
-            return f"{key} {b[key]} vs {a[key]}"
-    return None
 
 
 @pytest.mark.slurm
@@ -244,7 +216,7 @@ def test_seeded_preemptions_lose_nothing(slurm_cluster: Any, tmp_path: Path, syn
     print(f"reliability seed {SEED}; plans: {plans}")
     grid = _grid(tmp_path, "inj", synthetic_dataset, data_cache, lrs)
     jobs = submission.submit(grid, out=lambda _: None).job_ids
-    by_lr = {s.lr: Path(s.run_dir) for s in _statuses(grid)}
+    by_lr = {s.lr: Path(s.run_dir) for s in grid_statuses(grid)}
     done: list[dict[str, Any]] = []
     deadline = time.monotonic() + WAIT_S
     try:
@@ -266,7 +238,7 @@ def test_seeded_preemptions_lose_nothing(slurm_cluster: Any, tmp_path: Path, syn
                     cursors[lr] += 1
             if time.monotonic() > deadline:
                 pytest.fail(f"not finished in {WAIT_S:.0f} s: " + "; ".join(f"{s.name} {s.phase} {s.step} {s.failure}"
-                                                                           for s in _statuses(grid)))
+                                                                           for s in grid_statuses(grid)))
             time.sleep(0.1)
     finally:
         submission.cancel(grid, out=lambda _: None)
@@ -274,7 +246,7 @@ def test_seeded_preemptions_lose_nothing(slurm_cluster: Any, tmp_path: Path, syn
     print(f"fired {len(done)} injections; not reached before the run finished: {missed}")
     diffs = {}
     for lr, run_dir in by_lr.items():
-        diffs[lr] = _same(_reference(run_dir, tmp_path), run_dir)
+        diffs[lr] = run_differs(_reference(run_dir, tmp_path), run_dir)
         restarts = json.loads((run_dir / "result.json").read_text())["restarts"]
         print(f"{run_dir.name}: {restarts} restarts; {'equal to uninterrupted' if diffs[lr] is None else diffs[lr]}")
         reliability_report.record("run", case=f"inj/{run_dir.name}", lost=diffs[lr] is not None)
@@ -301,7 +273,7 @@ def test_cancelled_and_node_failed_runs_show_and_resume(slurm_cluster: Any, tmp_
     outs = [p.communicate(timeout=180)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert sorted(o.count("-> job ") for o in outs) == [0, 3], outs
-    sts = _statuses(grid)
+    sts = grid_statuses(grid)
     assert all(len(runstate.read_run_record(Path(s.run_dir)).submissions) == 1 for s in sts)  # type: ignore[union-attr]
     by_lr = {s.lr: s for s in sts}
     deadline = time.monotonic() + WAIT_S
@@ -311,7 +283,7 @@ def test_cancelled_and_node_failed_runs_show_and_resume(slurm_cluster: Any, tmp_
         time.sleep(0.3)
     subprocess.run(["scancel", victim.job_id or ""], check=True, timeout=30)
     while True:
-        sts = {s.lr: s for s in _statuses(grid)}
+        sts = {s.lr: s for s in grid_statuses(grid)}
         if sts[2e-3].phase == "cancelled" and sts[1e-3].phase == "finished" and sts[5e-3].phase == "finished":
             break
         assert time.monotonic() < deadline, [(s.lr, s.phase, s.failure) for s in sts.values()]
@@ -325,7 +297,7 @@ def test_cancelled_and_node_failed_runs_show_and_resume(slurm_cluster: Any, tmp_
         assert time.monotonic() < deadline
         time.sleep(1.0)
     reliability_report.record("run", case="lost/cancelled-then-resumed", lost=False)
-    for s in _statuses(grid):
+    for s in grid_statuses(grid):
         assert s.phase == "finished", s
         rec = runstate.read_run_record(Path(s.run_dir))
         assert [x.reason for x in rec.submissions] == (["submit", "resume"] if s.lr == 2e-3 else ["submit"])  # type: ignore[union-attr]
@@ -333,7 +305,7 @@ def test_cancelled_and_node_failed_runs_show_and_resume(slurm_cluster: Any, tmp_
     # A 2-node run loses n2.
     node_grid = _grid(tmp_path, "nodefail", synthetic_dataset, data_cache, [1e-3], nodes=2, tasks_per_node=1)
     job = submission.submit(node_grid, preflight_sbatch=False, out=lambda _: None).job_ids.popitem()[1]
-    run_dir = Path(_statuses(node_grid)[0].run_dir)
+    run_dir = Path(grid_statuses(node_grid)[0].run_dir)
     try:
         while (_progress(run_dir).get("step") or 0) < 2:
             assert time.monotonic() < deadline
@@ -341,7 +313,7 @@ def test_cancelled_and_node_failed_runs_show_and_resume(slurm_cluster: Any, tmp_
         subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=reliability-test"], check=True, timeout=30)
         seen = []
         while True:
-            st = _statuses(node_grid)[0]
+            st = grid_statuses(node_grid)[0]
             acct = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job, "-o", "State,Reason"], capture_output=True,
                                   text=True, timeout=30, check=False).stdout.split()
             seen.append((st.phase, st.slurm_state, st.failure))
@@ -361,7 +333,7 @@ def test_cancelled_and_node_failed_runs_show_and_resume(slurm_cluster: Any, tmp_
     if st.phase == "failed":
         submission.resume(node_grid, failed_only=True, preflight_sbatch=False, out=lambda _: None)
     while not (run_dir / "result.json").exists():
-        assert time.monotonic() < deadline, _statuses(node_grid)
+        assert time.monotonic() < deadline, grid_statuses(node_grid)
         time.sleep(1.0)
     reliability_report.record("run", case="lost/node-failure-then-finished", lost=False)
     sinfo = subprocess.run(["sinfo", "-h", "-n", "n2", "-o", "%T"], capture_output=True, text=True, timeout=30,

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from hpc import runstate, site_profile, slurm_query, submission
 from hpc.cli import main as cli_main
 from hpc.job import TrainJob
 from hpc.slurm_query import SlurmJobState
+from tests.slurm_utils import all_phase, grid_statuses, wait_for_grid
 from tests.train_utils import child_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,28 +126,6 @@ def _stub_grid(root: Path, name: str, lrs: list[float], steps: int, **slurm: Any
     return path
 
 
-def _statuses(grid: Path) -> list[runstate.RunStatus]:
-    from hpc.grid import expand, load_grid
-
-    return submission.read_statuses([r.run_dir for r in expand(load_grid(grid))])
-
-
-def _wait_for(grid: Path, pred: Callable[[list[runstate.RunStatus]], bool], what: str,
-              timeout: float = JOB_TIMEOUT) -> list[runstate.RunStatus]:
-    deadline = time.monotonic() + timeout
-    while True:
-        sts = _statuses(grid)
-        if pred(sts):
-            return sts
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not reached in {timeout:.0f} s: " +
-                        "; ".join(f"{s.name} {s.phase} {s.slurm_state} step {s.step} {s.failure}" for s in sts))
-        time.sleep(0.5)
-
-
-def _all(phase: str) -> Callable[[list[runstate.RunStatus]], bool]:
-    return lambda sts: all(s.phase == phase for s in sts)
-
 
 def _sacct_final(job_id: str, timeout: float = 60) -> SlurmJobState:
     """The job's end state in accounting (sacct learns it a few seconds after squeue)."""
@@ -169,7 +147,7 @@ def test_grid_runs_to_completion_and_resubmitting_is_idempotent(stub_jobs: Any, 
     ids = sorted(first.job_ids.values())
     assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one array
     assert sum("submit" == d.why for d in first.decisions) == 3
-    sts = _wait_for(grid, _all("finished"), "all finished")
+    sts = wait_for_grid(grid, all_phase("finished"), "all finished", JOB_TIMEOUT)
     assert all(s.metric == "acc 0.5000" and s.restarts == 0 and s.step == 3 for s in sts)
     for s in sts:  # finished through the os._exit hook with exit code 0, and submitit got the result
         end = _sacct_final(s.job_id or "")
@@ -185,7 +163,7 @@ def test_grid_runs_to_completion_and_resubmitting_is_idempotent(stub_jobs: Any, 
     lines.clear()
     again = submission.submit(grid, out=lines.append)
     assert again.job_ids == {} and all(d.why == "skip (finished)" for d in again.decisions)
-    for s in _statuses(grid):
+    for s in grid_statuses(grid):
         rec = runstate.read_run_record(Path(s.run_dir))
         assert rec is not None and len(rec.submissions) == 1 and rec.grid == "done3"
     # status and report work from the grid folder alone
@@ -210,17 +188,17 @@ def test_concurrent_submits_queue_each_run_once(stub_jobs: Any, tmp_path: Path) 
     skipped = next(o for o in outcomes if not o.job_ids)
     assert all(d.why.startswith("skip (running as job ") for d in skipped.decisions)
     assert submission.cancel(grid, out=lambda _: None)
-    _wait_for(grid, _all("cancelled"), "cancelled")
+    wait_for_grid(grid, all_phase("cancelled"), "cancelled", JOB_TIMEOUT)
 
 
 @pytest.mark.slurm
 def test_usr2_checkpoints_requeues_and_resumes(stub_jobs: Any, tmp_path: Path) -> None:
     grid = _stub_grid(tmp_path, "preempt", [1e-3], steps=16)
     job = submission.submit(grid, out=lambda _: None).job_ids.popitem()[1]
-    _wait_for(grid, lambda sts: (sts[0].step or 0) >= 3, "3 steps done")
+    wait_for_grid(grid, lambda sts: (sts[0].step or 0) >= 3, "3 steps done", JOB_TIMEOUT)
     # what Slurm sends signal_delay_s before the time limit, or on preemption
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    sts = _wait_for(grid, _all("finished"), "finished after requeue", timeout=2 * JOB_TIMEOUT)
+    sts = wait_for_grid(grid, all_phase("finished"), "finished after requeue", timeout=2 * JOB_TIMEOUT)
     run_dir = Path(sts[0].run_dir)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["resumed_from"] >= 3 and result["steps"] == 16  # the second attempt continued
@@ -234,17 +212,17 @@ def test_usr2_checkpoints_requeues_and_resumes(stub_jobs: Any, tmp_path: Path) -
 def test_cancel_then_resume_finishes_from_the_checkpoint(stub_jobs: Any, tmp_path: Path) -> None:
     grid = _stub_grid(tmp_path, "cancel", [1e-3, 2e-3], steps=40)
     submission.submit(grid, out=lambda _: None)
-    _wait_for(grid, lambda sts: all((s.step or 0) >= 2 for s in sts), "2 steps done")
+    wait_for_grid(grid, lambda sts: all((s.step or 0) >= 2 for s in sts), "2 steps done", JOB_TIMEOUT)
     lines: list[str] = []
     cancelled = submission.cancel(grid, out=lines.append)
     assert len(cancelled) == 2 and all(line.startswith("cancel ") for line in lines)
-    sts = _wait_for(grid, _all("cancelled"), "cancelled")
+    sts = wait_for_grid(grid, all_phase("cancelled"), "cancelled", JOB_TIMEOUT)
     assert all(s.failure.startswith("CANCELLED") for s in sts)
     # scancel's SIGTERM stopped the stub at a step boundary with a checkpoint (no requeue)
     assert all((Path(s.run_dir) / "stub_ckpt.json").exists() for s in sts)
     resumed = submission.resume(grid, out=lambda _: None)
     assert len(resumed.job_ids) == 2 and all(d.why == "submit (cancelled)" for d in resumed.decisions)
-    sts = _wait_for(grid, _all("finished"), "finished after resume")
+    sts = wait_for_grid(grid, all_phase("finished"), "finished after resume", JOB_TIMEOUT)
     for s in sts:
         rec = runstate.read_run_record(Path(s.run_dir))
         assert [x.reason for x in rec.submissions] == ["submit", "resume"]  # type: ignore[union-attr]
@@ -255,7 +233,7 @@ def test_cancel_then_resume_finishes_from_the_checkpoint(stub_jobs: Any, tmp_pat
 def test_failed_run_shows_its_reason_and_resume_failed_only(stub_jobs: Any, tmp_path: Path) -> None:
     grid = _stub_grid(tmp_path, "fail", [1e-3, 0.5], steps=2)
     submission.submit(grid, out=lambda _: None)
-    sts = _wait_for(grid, lambda sts: all(s.phase in runstate.SETTLED for s in sts), "settled")
+    sts = wait_for_grid(grid, lambda sts: all(s.phase in runstate.SETTLED for s in sts), "settled", JOB_TIMEOUT)
     by_lr = {s.lr: s for s in sts}
     assert by_lr[1e-3].phase == "finished" and by_lr[0.5].phase == "failed"
     failed = by_lr[0.5]
@@ -278,7 +256,7 @@ def test_time_limit_checkpoints_requeues_and_finishes(stub_jobs: Any, tmp_path: 
     continue (submitit counts each such USR2 as a time-out: max_requeues=20 keeps it going)."""
     grid = _stub_grid(tmp_path, "timelimit", [1e-3], steps=100, time_min=1, signal_delay_s=30)
     submission.submit(grid, out=lambda _: None)
-    sts = _wait_for(grid, _all("finished"), "finished across time limits", timeout=4 * JOB_TIMEOUT)
+    sts = wait_for_grid(grid, all_phase("finished"), "finished across time limits", timeout=4 * JOB_TIMEOUT)
     attempts = runstate.read_attempts(Path(sts[0].run_dir))
     assert len(attempts) >= 2 and sts[0].restarts == len(attempts) - 1
     assert json.loads((Path(sts[0].run_dir) / "result.json").read_text())["resumed_from"] > 0
@@ -292,12 +270,12 @@ def test_real_preemption_by_the_urgent_partition(stub_jobs: Any, tmp_path: Path)
     the run checkpoints and requeues, and continues once the node is free again."""
     grid = _stub_grid(tmp_path, "preempted", [1e-3], steps=30)
     job = submission.submit(grid, out=lambda _: None).job_ids.popitem()[1]
-    _wait_for(grid, lambda sts: (sts[0].step or 0) >= 3, "3 steps done")
+    wait_for_grid(grid, lambda sts: (sts[0].step or 0) >= 3, "3 steps done", JOB_TIMEOUT)
     node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True, check=True).stdout.strip()
     cpus = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
     urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-w", node, "-c", cpus, "-o", str(tmp_path / "urgent.out"),
                              "--wrap", "sleep 5"], capture_output=True, text=True, check=True).stdout.strip()
-    sts = _wait_for(grid, _all("finished"), "finished after preemption", timeout=3 * JOB_TIMEOUT)
+    sts = wait_for_grid(grid, all_phase("finished"), "finished after preemption", timeout=3 * JOB_TIMEOUT)
     run_dir = Path(sts[0].run_dir)
     assert [a["restart_count"] for a in runstate.read_attempts(run_dir)] == [0, 1]
     assert json.loads((run_dir / "result.json").read_text())["resumed_from"] >= 3
@@ -340,7 +318,7 @@ def test_e2e_grid_3x3_to_completion(slurm_cluster: Any, tmp_path: Path, syntheti
     (tmp_path / "demo_runs" / "data" / "beans_synthetic_v2").symlink_to(synthetic_dataset)
     monkeypatch.setenv("VIT_TRAIN_CACHE", str(data_cache))  # sbatch exports the submitting environment
     assert cli_main(["submit", str(grid)]) == 0
-    sts = _wait_for(grid, _all("finished"), "9 runs finished", timeout=6 * JOB_TIMEOUT)
+    sts = wait_for_grid(grid, all_phase("finished"), "9 runs finished", timeout=6 * JOB_TIMEOUT)
     assert len(sts) == 9 and len({s.job_id.split("_")[0] for s in sts if s.job_id}) == 1
     for s in sts:
         end = _sacct_final(s.job_id or "")
@@ -369,11 +347,11 @@ def test_e2e_two_node_run_survives_real_preemption(slurm_cluster: Any, tmp_path:
     grid = _real_grid(tmp_path, "twonode", synthetic_dataset, data_cache, lrs=[1e-3], epochs=10, nodes=2)
     job = submission.submit(grid, out=lambda _: None).job_ids.popitem()[1]
     monkeypatch.delenv("VIT_TRAIN_FAULT")  # sbatch took it; the torchrun reference below must not hold
-    _wait_for(grid, lambda sts: (sts[0].step or 0) >= 10, "10 steps done", timeout=2 * JOB_TIMEOUT)
+    wait_for_grid(grid, lambda sts: (sts[0].step or 0) >= 10, "10 steps done", timeout=2 * JOB_TIMEOUT)
     cpus = subprocess.run(["sinfo", "-h", "-n", "n1", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split()[0]
     urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-N", "2", "-c", cpus, "-o", str(tmp_path / "urgent.out"),
                              "--wrap", "sleep 3"], capture_output=True, text=True, check=True).stdout.strip()
-    sts = _wait_for(grid, _all("finished"), "finished after preemption", timeout=4 * JOB_TIMEOUT)
+    sts = wait_for_grid(grid, all_phase("finished"), "finished after preemption", timeout=4 * JOB_TIMEOUT)
     run_dir = Path(sts[0].run_dir)
     result = json.loads((run_dir / "result.json").read_text())
     assert (result["world_size"], result["restarts"]) == (2, 1)
@@ -413,9 +391,9 @@ def test_e2e_time_limit_checkpoints_and_requeues(slurm_cluster: Any, tmp_path: P
     grid = _real_grid(tmp_path, "timelimit", synthetic_dataset, data_cache, lrs=[1e-3], epochs=5000,
                       time_min=1, signal_delay_s=30)
     job = submission.submit(grid, out=lambda _: None).job_ids.popitem()[1]
-    run_dir = Path(_statuses(grid)[0].run_dir)
+    run_dir = Path(grid_statuses(grid)[0].run_dir)
     try:
-        sts = _wait_for(grid, lambda sts: sts[0].restarts >= 1 and sts[0].phase == "running" and
+        sts = wait_for_grid(grid, lambda sts: sts[0].restarts >= 1 and sts[0].phase == "running" and
                         (sts[0].step or 0) > min(_ckpt_steps(run_dir) or [10**9]), "resumed after the time limit",
                         timeout=2 * JOB_TIMEOUT)
     finally:
@@ -442,14 +420,14 @@ def test_e2e_cancel_then_resume(slurm_cluster: Any, tmp_path: Path, synthetic_da
     grid = _real_grid(tmp_path, "cancelres", synthetic_dataset, data_cache, lrs=[1e-3, 2e-3], epochs=10)
     submission.submit(grid, out=lambda _: None)
     monkeypatch.delenv("VIT_TRAIN_FAULT")  # the resumed jobs must not hold
-    _wait_for(grid, lambda sts: all((s.step or 0) >= 5 for s in sts), "5 steps done", timeout=2 * JOB_TIMEOUT)
+    wait_for_grid(grid, lambda sts: all((s.step or 0) >= 5 for s in sts), "5 steps done", timeout=2 * JOB_TIMEOUT)
     assert len(submission.cancel(grid, out=lambda _: None)) == 2
-    sts = _wait_for(grid, _all("cancelled"), "cancelled")
+    sts = wait_for_grid(grid, all_phase("cancelled"), "cancelled", JOB_TIMEOUT)
     # scancel's SIGTERM: every rank stopped at a step boundary and saved a checkpoint, no requeue
     assert all(list((Path(s.run_dir) / "checkpoints").glob("step-*")) for s in sts)
     assert all([p.name for p in Path(s.run_dir).glob(".fault-hold-*")] == [".fault-hold-step-6-None-rank0"] for s in sts)
     assert cli_main(["resume", str(grid)]) == 0
-    sts = _wait_for(grid, _all("finished"), "finished after resume", timeout=3 * JOB_TIMEOUT)
+    sts = wait_for_grid(grid, all_phase("finished"), "finished after resume", timeout=3 * JOB_TIMEOUT)
     for s in sts:
         result = json.loads((Path(s.run_dir) / "result.json").read_text())
         assert result["restarts"] == 1 and s.restarts == 1
@@ -461,10 +439,10 @@ def test_e2e_cancel_then_resume(slurm_cluster: Any, tmp_path: Path, synthetic_da
 def test_force_starts_over_and_never_runs_two_jobs_on_one_folder(stub_jobs: Any, tmp_path: Path) -> None:
     done = _stub_grid(tmp_path, "forcedone", [1e-3], steps=2)
     first = submission.submit(done, out=lambda _: None).job_ids
-    _wait_for(done, _all("finished"), "finished")
+    wait_for_grid(done, all_phase("finished"), "finished", JOB_TIMEOUT)
     again = submission.submit(done, force=True, out=lambda _: None).job_ids
     assert again.keys() == first.keys() and again != first
-    sts = _wait_for(done, _all("finished"), "finished again")
+    sts = wait_for_grid(done, all_phase("finished"), "finished again", JOB_TIMEOUT)
     run_dir = Path(sts[0].run_dir)
     previous = list((run_dir / "previous").iterdir())
     assert len(previous) == 1 and (previous[0] / "result.json").exists() and (previous[0] / "attempts.jsonl").exists()
@@ -473,7 +451,7 @@ def test_force_starts_over_and_never_runs_two_jobs_on_one_folder(stub_jobs: Any,
 
     live = _stub_grid(tmp_path, "forcelive", [1e-3], steps=400)
     old = submission.submit(live, out=lambda _: None).job_ids.popitem()[1]
-    _wait_for(live, lambda sts: (sts[0].step or 0) >= 1, "running")
+    wait_for_grid(live, lambda sts: (sts[0].step or 0) >= 1, "running", JOB_TIMEOUT)
     new = submission.submit(live, force=True, out=lambda _: None).job_ids.popitem()[1]
     assert _sacct_final(old).state == "CANCELLED"  # cancelled and gone before the new one was queued
     assert submission.cancel(live, out=lambda _: None) == [new]
