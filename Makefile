@@ -28,9 +28,11 @@ install-slurm:
 		   (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)) \
 		  > .install/chromium.log 2>&1 || { echo "[install] FAILED: chromium; last lines of .install/chromium.log:"; tail -20 .install/chromium.log; exit 1; }; }; }
 
-# --durations: the slowest tests are listed at the end of every run (CI's time budget is 20 minutes).
+# Two pytest-xdist workers: the tests that use the local Slurm cluster run in order on one (they share
+# it; tests/conftest.py groups them), the rest on the other. --durations lists the slowest tests at
+# the end of every run (CI's time budget is 20 minutes).
 test: install
-	$(PYTHON) -m pytest -x -q --durations=25
+	$(PYTHON) -m pytest -x -q -n 2 --dist loadgroup --durations=25
 
 test-torch251:
 	@test -x $(TORCH251_VENV)/bin/python || $(PYTHON) -m venv $(TORCH251_VENV)

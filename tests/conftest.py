@@ -36,3 +36,20 @@ def slurm_cluster():  # type: ignore[no-untyped-def]
     yield info
     if not was_running:
         devcluster.stop()
+
+
+# Tests that use the one local Slurm cluster (or start, stop or fill it) share it; under pytest-xdist
+# (`make test` runs two workers) they all go to one worker, in order, so none sees another's jobs,
+# while the tests that need no cluster run on the other worker.
+# (test_local_executor runs with no Slurm on PATH and test_packing is pure: they stay out.)
+_CLUSTER_MODULES = {"test_bad_inputs", "test_demo", "test_devcluster", "test_packing_slurm", "test_readme",
+                    "test_reliability_slurm", "test_safe_files", "test_slurm_e2e", "test_submit_slurm"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        if module in _CLUSTER_MODULES or "slurm_cluster" in getattr(item, "fixturenames", ()) \
+                or item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm_cluster"))

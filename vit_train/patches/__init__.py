@@ -7,7 +7,7 @@ speed fix off (the benchmark's same-run A/B).
 
 | module | what it fixes | targets | proved by |
 |---|---|---|---|
-| ``cpu_compat`` | CPU (gloo) training: LowLevelZero sanity assert, CPU accelerator streams/RNG/device, ``is_hccl_available`` / ``Backend.HCCL`` missing in torch, a pure-torch HybridAdam kernel | colossalai 0.5.0; torch 2.5.1 and 2.13 | ``tests/test_cpu_compat.py`` |
+| ``cpu_compat`` | CPU (gloo) training: LowLevelZero sanity assert, CPU accelerator streams/RNG/device, ``is_hccl_available`` / ``Backend.HCCL`` missing in torch, a pure-torch HybridAdam kernel | colossalai 0.5.0; torch 2.5.1 and 2.13 | ``tests/test_cpu_compat.py``, ``tests/test_cpu_compat_hccl.py`` |
 | ``cpu_adam_bf16`` | HybridAdam's CPU path drops ``div_scale`` (Gemini's clipping and loss scale) for bf16 gradients: Gemini + optimizer offload + bf16 trained unclipped (a correctness fix, always on) | colossalai 0.5.0 | ``tests/test_cpu_adam_bf16.py`` |
 | ``zero_buckets`` | ZeRO gradient buckets end at every parameter-group change (~150 rounds per step instead of ~8) | colossalai 0.5.0 | ``tests/test_zero_buckets.py`` |
 | ``amp_loops`` | mixed-precision optimizer: one kernel per parameter in three loops, and a host read of the grad norm every step | colossalai 0.5.0 | ``tests/test_amp_loops.py`` |
