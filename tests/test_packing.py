@@ -260,3 +260,20 @@ def test_exit_text() -> None:
     assert procstate.exit_text(0) == ("0:0", "exit code 0")
     assert procstate.exit_text(-signal.SIGKILL) == ("0:9", "killed by SIGKILL")
     assert re.fullmatch(r"1:0", procstate.exit_text(1)[0])
+
+
+def test_a_packed_task_leaves_a_run_submitted_again_since(tmp_path: Path) -> None:
+    """Its run.json names a later submission under another id: that job owns the folder now; an earlier one
+    (run.json not yet written for this task, which may start the moment sbatch returns) does not count."""
+    from hpc.packed import PackedJob
+
+    run_dir = tmp_path / "r"
+    record = runstate.RunRecord("abc", "r", "g", {}, {})
+    job = PackedJob([], created_at=100.0)
+    runstate.add_submission(run_dir, record, "7_0", "submit", at=50.0)
+    assert not job._resubmitted(run_dir, "9_1")  # the previous submission: ours is not recorded yet
+    runstate.add_submission(run_dir, record, "9_1", "submit", at=101.0)
+    assert not job._resubmitted(run_dir, "9_1")  # ours
+    runstate.add_submission(run_dir, record, "12_0", "resume", at=300.0)
+    assert job._resubmitted(run_dir, "9_1")
+    assert PackedJob([], 100.0).checkpoint().function.created_at == 100.0  # a requeue keeps the submit time
