@@ -82,6 +82,19 @@ def test_synthetic_is_deterministic_and_idempotent(small_ds: Path, tmp_path: Pat
         make_beans_like(again, num_train=25)
 
 
+def test_synthetic_images_do_not_depend_on_the_number_of_drawing_processes(tmp_path: Path) -> None:
+    """80 training images (above the 64 where processes start) drawn by 1 and by 3 processes: same bytes."""
+    kw = dict(num_train=80, num_validation=2, num_test=1, image_size=16)
+    one = make_beans_like(tmp_path / "one", **kw)
+    three = make_beans_like(tmp_path / "three", **kw, num_proc=3)
+
+    def pngs(folder: Path) -> list[bytes]:
+        train = datasets.load_from_disk(str(folder))["train"].cast_column("image", datasets.Image(decode=False))
+        return [row["bytes"] for row in train["image"]]
+
+    assert len(set(pngs(one))) == 80 and pngs(one) == pngs(three)
+
+
 def test_cli_writes_dataset_and_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     synthetic_main([str(tmp_path / "cli"), "--num-train", "3", "--num-validation", "3", "--num-test", "3", "--image-folder"])
     assert (tmp_path / "cli" / "dataset_dict.json").is_file()

@@ -86,6 +86,7 @@ NON_SEMANTIC = {
     "model.cls_only_last_layer",
     "model.fused_mlp",
     "model.cuda_graph",
+    "model.deterministic",
     "checkpoint.every_n_steps",
     "checkpoint.keep_last",
     "checkpoint.export_hf",

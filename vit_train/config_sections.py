@@ -42,6 +42,9 @@ class ModelConfig:
     Triton kernel on CUDA); same maths, +2 percent images/s on an H100 (same-run A/B)."""
     cuda_graph: bool = False
     """Train each step as one CUDA graph, replayed after 3 eager steps (vit_train.graph_step); layouts: vit_train.graph_rules."""
+    deterministic: bool = False
+    """Deterministic GPU kernels (vit_train.determinism): the same run twice gives bitwise the same
+    losses and weights; an operator without a deterministic kernel then raises."""
 
     def __post_init__(self) -> None:
         if not self.name:

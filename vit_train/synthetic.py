@@ -152,25 +152,37 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _split(split: str, num: int, image_size: int, seed: int) -> "datasets.Dataset":
+def _image_png(args: tuple[int, int, int, int, int]) -> bytes:
+    label, seed, split_id, index, image_size = args
+    return _png(draw_leaf(label, np.random.default_rng([seed, split_id, index]), image_size))
+
+
+def _split(split: str, num: int, image_size: int, seed: int, num_proc: int = 1) -> "datasets.Dataset":
     from datasets import ClassLabel, Dataset, Features, Value
     from datasets import Image as ImageFeature
 
     split_id = SPLITS.index(split)
     # Balanced classes in a seeded order; each image gets its own generator so any one of them can be
-    # regenerated alone and adding samples does not change the earlier ones.
-    labels = np.random.default_rng([seed, split_id]).permutation(np.arange(num) % len(CLASS_NAMES))
+    # regenerated alone and adding samples does not change the earlier ones (and processes may share the work).
+    labels = np.random.default_rng([seed, split_id]).permutation(np.arange(num) % len(CLASS_NAMES)).tolist()
+    jobs = [(label, seed, split_id, i, image_size) for i, label in enumerate(labels)]
+    if num_proc > 1 and num > 64:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(num_proc) as pool:
+            pngs = pool.map(_image_png, jobs, chunksize=16)
+    else:
+        pngs = [_image_png(job) for job in jobs]
     paths, images = [], []
-    for i, label in enumerate(labels.tolist()):
+    for i, (label, png) in enumerate(zip(labels, pngs)):
         name = CLASS_NAMES[label]
         file_name = f"{name}_{split}.{i}.png"
         paths.append(f"synthetic/{split}/{name}/{file_name}")
-        image = draw_leaf(label, np.random.default_rng([seed, split_id, i]), image_size)
-        images.append({"bytes": _png(image), "path": file_name})
+        images.append({"bytes": png, "path": file_name})
     features = Features(
         {"image_file_path": Value("string"), "image": ImageFeature(), "labels": ClassLabel(names=CLASS_NAMES)}
     )
-    return Dataset.from_dict({"image_file_path": paths, "image": images, "labels": labels.tolist()}, features=features)
+    return Dataset.from_dict({"image_file_path": paths, "image": images, "labels": labels}, features=features)
 
 
 def make_beans_like(
@@ -180,8 +192,10 @@ def make_beans_like(
     num_test: int = 60,
     image_size: int = 64,
     seed: int = 0,
+    num_proc: int = 1,
 ) -> Path:
-    """Write a beans-schema DatasetDict with ``save_to_disk`` and return its folder.
+    """Write a beans-schema DatasetDict with ``save_to_disk`` and return its folder. ``num_proc``
+    processes draw the images (the same bytes for any number).
 
     Idempotent: a folder already holding the same parameters is returned untouched (demos and test
     sessions call this repeatedly); a non-empty folder holding anything else is refused, never wiped.
@@ -199,7 +213,7 @@ def make_beans_like(
     for n, name in zip((num_train, num_validation, num_test), SPLITS):
         if n < 1:
             raise ValueError(f"num_{name}={n}: use at least 1 image per split")
-    dd = DatasetDict({s: _split(s, n, image_size, seed) for s, n in zip(SPLITS, (num_train, num_validation, num_test))})
+    dd = DatasetDict({s: _split(s, n, image_size, seed, num_proc) for s, n in zip(SPLITS, (num_train, num_validation, num_test))})
     dd.save_to_disk(str(out))
     meta.write_text(json.dumps(params, indent=2))  # written last: its presence means the folder is complete
     return out
@@ -234,9 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-test", type=int, default=60)
     p.add_argument("--image-size", type=int, default=64, help="square image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-proc", type=int, default=1, help="processes drawing the images (same bytes for any number)")
     p.add_argument("--image-folder", action="store_true", help="also export OUT_DIR-images/split/class/*.png")
     a = p.parse_args(argv)
-    out = make_beans_like(a.out_dir, a.num_train, a.num_validation, a.num_test, a.image_size, a.seed)
+    out = make_beans_like(a.out_dir, a.num_train, a.num_validation, a.num_test, a.image_size, a.seed, a.num_proc)
     print(f"dataset (save_to_disk): {out}")
     if a.image_folder:
         images = export_image_folder(out, out.with_name(out.name + "-images"))

@@ -23,6 +23,7 @@ from vit_train import evaluation, graph_step
 from vit_train.step import criterion, gather_batch, stage_on_device
 from vit_train.components.checkpoint import CheckpointManager
 from vit_train.config import RunConfig
+from vit_train.determinism import use_deterministic_algorithms
 from vit_train.distributed.process_group import DistEnv, all_reduce_sum, any_rank, barrier, broadcast_module
 from vit_train.components.export import export_hf_model
 from vit_train.components.faults import Faults
@@ -68,6 +69,7 @@ class Trainer:
         self.compile_model = cfg.model.compile  # see BENCHMARKS.md: +30% images/s on one H100
         self.setup_seconds: dict[str, float] = {}
         cfg.check_world(env.world_size, env.device.type)
+        use_deterministic_algorithms(cfg.model.deterministic)  # before cuBLAS's first handle
 
     # ------------------------------------------------------------------ setup
     def setup(self, data: Any = None) -> None:
@@ -371,6 +373,7 @@ class Trainer:
             "restarts": st.restarts,
             "world_size": self.env.world_size,
             "effective_lr": self.lr,
+            "deterministic_kernels": torch.are_deterministic_algorithms_enabled(),
         }
         if self.env.is_main:
             atomic_write_text(self.run_dir / "result.json", json.dumps(result, indent=1))

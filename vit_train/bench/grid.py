@@ -83,8 +83,8 @@ def _nested(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def base_config(a: argparse.Namespace, data_dir: Path, cache: Path) -> dict[str, Any]:
-    return {"model.name": a.model, "data.dataset": str(data_dir), "data.cache_dir": str(cache), "data.num_workers": 0,
+def base_config(a: argparse.Namespace, data_dir: Path, cache: Path, model: str) -> dict[str, Any]:
+    return {"model.name": model, "model.deterministic": a.deterministic, "data.dataset": str(data_dir), "data.cache_dir": str(cache), "data.num_workers": 0,
             "optim.epochs": a.epochs, "optim.weight_decay": 0.5, "optim.warmup_ratio": 0.3, "precision": "bf16",
             "seed": 42, "checkpoint.export_hf": False}
 
@@ -187,13 +187,25 @@ def _f(v: Any, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _init_line(m: dict[str, Any]) -> str:
+    det = "model.deterministic on" if m.get("deterministic") else "default (non-deterministic) kernels"
+    pre = m.get("pretrain")
+    if not pre:
+        return f"Initial weights: the preset's random ones (seed 42); {det}."
+    p = pre["params"]
+    return (f"Initial weights: pre-trained here (vit_train.bench.pretrain: {p['num_train']} synthetic images of another "
+            f"seed, diseased vs healthy, {p['epochs']} epochs, accuracy {_f(pre.get('pretrain_eval_accuracy'), '.3f')} on "
+            f"200 of its own; {pre['train_seconds'] + pre['data_seconds']:.0f} s, reused {pre['reused']}; weights sha256 "
+            f"{pre['weights_sha256'][:16]}), then a new 3-class head; {det}.")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["meta"]
     lines = [f"# Grid benchmark: {m['model']}, {len(m['batch_sizes']) * len(m['lrs'])} runs, {m['epochs']} epochs, "
              f"on {m['device']}", "",
              f"`{m['command']}` ({m['date']}); runs_per_gpu {m['runs_per_gpu']} for b and c; c: "
              f"`{json.dumps(m['c_overrides'])}`" + (f"; CPU substitutions: {m['substitutions']}" if m['substitutions'] else ""),
-             "", "| variant | what | wall s (to table) | GPU-s | x h | x b | runs finished |", "|---|---|---:|---:|---:|---:|---:|"]
+             "", _init_line(m), "", "| variant | what | wall s (to table) | GPU-s | x h | x b | runs finished |", "|---|---|---:|---:|---:|---:|---:|"]
     by = {v["name"]: v for v in report["variants"]}
     for v in report["variants"]:
         done = sum(r["status"] == "completed" for r in v["runs"])
@@ -237,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=None, help="the one GPU to use (default: the first visible)")
     p.add_argument("--profile", default="local", help="site profile named in the grid files (its env: is exported)")
     p.add_argument("--submit", type=Path, default=REPO_ROOT / "submit.py", help="this checkout's submit.py")
+    p.add_argument("--init", choices=("auto", "pretrained", "random"), default="auto",
+                   help="pretrained: fine-tune a ViT pre-trained here on a related task (vit_train.bench.pretrain, the "
+                   "offline stand-in for the hub checkpoint); random: the preset's random weights; auto: pretrained on CUDA")
+    p.add_argument("--pretrain-num-train", type=int, default=3000, help="images of the pre-training task")
+    p.add_argument("--pretrain-epochs", type=int, default=8)
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                   help="model.deterministic for every run (bitwise-repeatable kernels; default on)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up runs (data cache, kernels)")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per variant")
     return p
@@ -260,14 +279,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     data, cache, grids, runs = work_root / "data", work_root / "cache", work_root / "grids", work_root / "runs"
     for d in (out, grids, runs):
         d.mkdir(parents=True, exist_ok=True)
+    nproc = str(min(16, os.cpu_count() or 1))
     _python_m("vit_train.synthetic", [str(data), "--num-train", str(a.num_train), "--num-validation",
-                                      str(a.num_validation), "--image-size", str(a.image_size)], 3600, _env(gpu))
-    base = base_config(a, data, cache)
+                                      str(a.num_validation), "--image-size", str(a.image_size), "--num-proc", nproc], 3600, _env(gpu))
+    init = a.init if a.init != "auto" else ("pretrained" if on_cuda else "random")
+    pretrain = None
+    if init == "pretrained":
+        from vit_train.bench.pretrain import pretrained_folder
+
+        params = {"preset": a.model, "num_train": a.pretrain_num_train, "image_size": a.image_size, "epochs": a.pretrain_epochs,
+                  "batch_size": 32, "lr": 2e-4, "seed": 7, "data_seed": 1, "num_proc": int(nproc),
+                  "extra": {"model.cuda_graph": True} if on_cuda and has_cuda_graph_option() else {"precision": "fp32"}}
+        print("[grid bench] pre-training the stand-in backbone ...", flush=True)
+        pretrain = pretrained_folder(work_root / "pretrain", params, _env(gpu), REPO_ROOT, a.timeout)
+        print(f"[grid bench] backbone {pretrain['model_dir']} (sha256 {pretrain['weights_sha256'][:16]}, "
+              f"reused {pretrain['reused']}, pre-training accuracy {pretrain['pretrain_eval_accuracy']})", flush=True)
+    base = base_config(a, data, cache, pretrain["model_dir"] if pretrain else a.model)
     report: dict[str, Any] = {"meta": {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": "python -m vit_train.bench grid " + shlex.join(argv or sys.argv[2:]),
         "device": torch.cuda.get_device_name(0) if on_cuda else "cpu", "gpu": gpu, "model": a.model,
         "num_train": a.num_train, "num_validation": a.num_validation, "image_size": a.image_size, "epochs": a.epochs,
-        "batch_sizes": a.batch_sizes, "lrs": a.lrs, "runs_per_gpu": a.runs_per_gpu,
+        "batch_sizes": a.batch_sizes, "lrs": a.lrs, "runs_per_gpu": a.runs_per_gpu, "init": init, "pretrain": pretrain,
+        "deterministic": a.deterministic,
         "c_overrides": variant_overrides("c", on_cuda, c_options), "cuda_graph_option": has_cuda_graph_option(),
         "substitutions": "" if on_cuda else "gemini -> torch_ddp fp32 adamw; c without compile/cuda_graph, fp32"},
         "warmup": [], "variants": []}

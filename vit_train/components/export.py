@@ -36,6 +36,8 @@ def export_hf_model(trainer: Any, out_dir: Path) -> None:
     """Collective: all ranks take part in gathering the weights."""
     from transformers import ViTForImageClassification
 
+    from vit_train.model import build_image_processor
+
     tmp = out_dir.parent / f".tmp-{out_dir.name}"
     if trainer.env.is_main and tmp.exists():
         shutil.rmtree(tmp)
@@ -50,6 +52,8 @@ def export_hf_model(trainer: Any, out_dir: Path) -> None:
         if missing or unexpected:
             raise RuntimeError(f"export: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
         model.save_pretrained(str(tmp / "hf"), safe_serialization=True)
+        # With its image processor the folder loads like a hub checkpoint (model.name: <folder>).
+        build_image_processor(trainer.cfg.model).save_pretrained(str(tmp / "hf"))
         shutil.rmtree(tmp / "shards")
         if out_dir.exists():
             shutil.rmtree(out_dir)
