@@ -86,7 +86,7 @@ def _nested(flat: dict[str, Any]) -> dict[str, Any]:
 def base_config(a: argparse.Namespace, data_dir: Path, cache: Path, model: str) -> dict[str, Any]:
     return {"model.name": model, "model.deterministic": a.deterministic, "data.dataset": str(data_dir), "data.cache_dir": str(cache), "data.num_workers": 0,
             "optim.epochs": a.epochs, "optim.weight_decay": 0.5, "optim.warmup_ratio": 0.3, "precision": "bf16",
-            "seed": 42, "checkpoint.export_hf": False}
+            "seed": a.seed, "checkpoint.export_hf": False}
 
 
 def grid_doc(name: str, a: argparse.Namespace, base: dict[str, Any], over: dict[str, Any], runs_per_gpu: int,
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-sizes", default="8,16,32")
     p.add_argument("--lrs", default="1e-4,2e-4,5e-4")
+    p.add_argument("--seed", type=int, default=42, help="seed of every run (head init, data order): the seed spread")
     p.add_argument("--runs-per-gpu", type=int, default=9, help="K of variants b and c")
     p.add_argument("--c-options", default="", help="dotted key=value overrides of variant c, e.g. model.cuda_graph=false")
     p.add_argument("--gpu", default=None, help="the one GPU to use (default: the first visible)")
