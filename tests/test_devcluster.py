@@ -178,3 +178,14 @@ def test_install_prints_one_line_and_logs_apt(tmp_path: Path, monkeypatch: pytes
     assert len(out.splitlines()) == 1 and "Unpacking" not in out, out
     assert f"(log {log})" in out and out.rstrip().endswith("failed" if rc else " s")
     assert "Unpacking libfoo200 (1.0)" in log.read_text()
+
+
+def test_install_without_apt_get_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-Debian machine (no apt-get on PATH): a one-line message naming the packages, no traceback."""
+    monkeypatch.setattr(cluster_install.os, "geteuid", lambda: 0)  # past the root check, as CI's root
+    monkeypatch.setattr(cluster_install, "missing_packages", lambda: ["slurmctld"])
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no apt-get
+    with pytest.raises(SystemExit) as e:
+        cluster_install.install(tmp_path / "state")
+    assert "no apt-get on PATH" in str(e.value) and "slurmctld" in str(e.value)
+    assert not (tmp_path / "state").exists()  # nothing written

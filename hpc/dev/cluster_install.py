@@ -30,6 +30,10 @@ def install(state_dir: str | Path | None = None) -> None:
     if os.geteuid() != 0:
         raise SystemExit(f"devcluster install: needs root to install the Debian packages {' '.join(missing)}; "
                          f"run as root: apt-get install --no-install-recommends {' '.join(conf.PACKAGES)}")
+    if shutil.which("apt-get") is None:  # not Debian/Ubuntu: say what to install instead of a traceback
+        raise SystemExit(f"devcluster install: no apt-get on PATH; the dev cluster uses Debian's packages "
+                         f"({' '.join(conf.PACKAGES)}): install their equivalents (Slurm 22+ with slurmdbd, munge, "
+                         f"MariaDB) with this system's package manager, or run on Debian/Ubuntu")
     log = conf.state_dir(state_dir) / "log" / "install.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

@@ -12,6 +12,12 @@ The reference sweep's shape (ViT-B/16 preset ``vit_b16``, batch {8,16,32} x lr {
 * ``h``: the baseline of ``b``: the same nine Gemini runs started by hand as nine concurrent
   ``python -m vit_train`` processes (the local profile's environment: OMP_NUM_THREADS=1).
 
+Every run fine-tunes (``--init pretrained``, the default on CUDA) a ViT-B/16 that
+:mod:`vit_train.bench.pretrain` pre-trains first on a related task, through ``from_pretrained`` with a
+new head as from the hub, and runs with ``model.deterministic`` (``--no-deterministic`` turns it off), so
+the same configuration gives the same result however it is scheduled. ``--init random`` trains the
+preset from scratch (run 36's setting; its accuracies swing with the last bits of the arithmetic).
+
 Reported per variant: wall time from the submit to the printed results table (for ``h``: from the
 first start to the last exit), GPU-seconds (wall x GPUs used), and the accuracy table; and the
 ratios, among them ``b / h`` (the goal: at most 1.1). Before the timed variants an untimed warm-up
