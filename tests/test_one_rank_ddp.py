@@ -8,7 +8,9 @@ with the fix) and 2 ranks (DDP kept). Each trains 3 steps (hybrid: bf16; TorchDD
 bf16 autocast, as vit_train runs it) with weight decay and clipping, first as shipped and then with
 the fix, from the same weights on the same batches: every working weight must be equal bit for bit
 and the weights must have moved. The TorchDDP model's state-dict keys must be the ones DDP gives
-(checkpoints are interchangeable), and a checkpoint saved through the Booster must load back.
+(checkpoints are interchangeable), and a checkpoint saved through the Booster must load back. Inside
+``without_ddp`` (how a graphed run boosts) both plugins leave DDP out on two data-parallel ranks too and
+broadcast rank 0's weights.
 """
 
 from __future__ import annotations
@@ -39,6 +41,44 @@ def test_no_ddp_for_one_rank_groups_same_training(tmp_path: Path, monkeypatch: A
     for r in (one, two):
         assert r["torch_ddp"]["same_state_dict_keys"], r["torch_ddp"]
         assert r["torch_ddp"]["checkpoint_round_trip"], r["torch_ddp"]
+    # Inside without_ddp (model.cuda_graph's boost) two data-parallel ranks get no DDP either, and
+    # rank 1's different starting weights become rank 0's, as DDP's constructor would make them.
+    for plugin in ("torch_ddp", "hybrid_tp1"):
+        assert two["without_ddp"][plugin] == {"ddp": False, "differed_before": True, "equal_after": True}, two
+
+
+def _without_ddp_case(name: str) -> dict[str, bool]:
+    import torch
+    import torch.distributed as dist
+    from colossalai.booster import Booster
+    from colossalai.booster.plugin import HybridParallelPlugin, TorchDDPPlugin
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tests.train_utils import tiny_vit
+    from vit_train.patches.one_rank_ddp import without_ddp
+
+    plugin = (TorchDDPPlugin() if name == "torch_ddp" else
+              HybridParallelPlugin(tp_size=1, pp_size=1, precision="bf16", zero_stage=0))
+    model = tiny_vit(num_labels=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(dist.get_rank())  # the ranks start apart
+
+    def flat(m: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().float().flatten() for p in m.parameters()])
+
+    def same_everywhere(t: torch.Tensor) -> bool:
+        ref = t.clone()
+        dist.broadcast(ref, 0)
+        ok = torch.tensor(int(torch.equal(ref, t)))
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok)
+
+    before = same_everywhere(flat(model))
+    with without_ddp():
+        boosted, *_ = Booster(plugin=plugin).boost(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    return {"ddp": any(isinstance(m, DistributedDataParallel) for m in boosted.modules()),
+            "differed_before": not before, "equal_after": same_everywhere(flat(boosted.unwrap()))}
 
 
 # --------------------------------------------------------------------------- child side
@@ -138,6 +178,8 @@ def _child() -> dict[str, Any]:
         s_ddp, s_working, _ = stock[tp]
         res[f"tp{tp}"] = {"stock_ddp": s_ddp, "fixed_ddp": ddp, "n_params": len(working), "moved": moved,
                           "mismatches": [n for n in s_working if not torch.equal(s_working[n], working[n])]}
+    if world == 2:
+        res["without_ddp"] = {name: _without_ddp_case(name) for name in ("torch_ddp", "hybrid_tp1")}
     return res
 
 

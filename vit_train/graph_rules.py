@@ -12,10 +12,11 @@ changes between steps (:mod:`vit_train.graph_step` captures it). What is refused
   gradient norm back to the host every step (the bf16 one keeps it on the GPU: ``patches.amp_loops``);
 - ``optim.optimizer=hybrid_adam``: ColossalAI's HybridAdam has no capturable step; torch's fused
   AdamW with ``capturable=True`` has;
-- several data-parallel ranks: ColossalAI wraps the model in torch DDP then, whose reducer (buckets,
-  asynchronous all-reduces and their completion callbacks) is not capturable, and this project has no
-  captured all-reduce of its own (a one-rank group gets no DDP: ``patches.one_rank_ddp``);
 - no CUDA device.
+
+Several data-parallel ranks qualify: torch DDP's reducer (bucket hooks, asynchronous all-reduces,
+completion callbacks) is host machinery, so a graphed run is boosted without DDP and averages its
+gradients with one all-reduce inside the captured step (:mod:`vit_train.distributed.grad_sync`).
 
 ``model.compile`` combines with it (inductor's kernels are captured like any other). No torch import
 here: the Slurm preflight runs these checks on the login node.
@@ -27,9 +28,9 @@ from typing import Any
 
 from vit_train.config_tools import fail
 
-SUPPORTED = ("model.cuda_graph supports parallel.plugin=torch_ddp on one process (fp32 or bf16) and "
-             "hybrid_parallel with zero_stage 0, pp_size 1 and one data-parallel rank (any tp_size, bf16), "
-             "with optim.optimizer=adamw on a CUDA GPU")
+SUPPORTED = ("model.cuda_graph supports parallel.plugin=torch_ddp (fp32 or bf16) and hybrid_parallel with "
+             "zero_stage 0 and pp_size 1 (any tp_size and data-parallel size, bf16), with optim.optimizer=adamw on "
+             "CUDA GPUs")
 
 
 def _refuse(field_name: str, value: Any, reason: str) -> None:
@@ -66,15 +67,3 @@ def check_world(cfg: Any, world_size: int, device_type: str) -> None:
         return
     if device_type != "cuda":
         fail("model.cuda_graph", True, f"needs a CUDA GPU (this job runs on {device_type}); set model.cuda_graph: false")
-    p = cfg.parallel
-    if p.plugin == "torch_ddp" and world_size > 1:
-        fail("model.cuda_graph", True, f"torch_ddp on {world_size} processes wraps the model in torch DDP, whose "
-             "gradient reducer (buckets, asynchronous all-reduces, completion callbacks) cannot be captured, and "
-             f"there is no captured all-reduce instead; run one process, use hybrid_parallel with tp_size={world_size} "
-             "(one data-parallel rank), or set model.cuda_graph: false")
-    dp = cfg.dp_size(world_size)
-    if p.plugin == "hybrid_parallel" and dp > 1:
-        fail("model.cuda_graph", True, f"hybrid_parallel with a data-parallel size of {dp} (world {world_size} / "
-             f"tp_size*pp_size {p.model_parallel_size}) wraps the model in torch DDP, whose reducer cannot be "
-             f"captured; use tp_size={world_size // p.pp_size} so that the data-parallel size is 1, or set "
-             "model.cuda_graph: false")

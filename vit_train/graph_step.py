@@ -8,6 +8,9 @@ them with one call. What the graph holds is :func:`step_body`, the calls of the 
   each replay the step's indices are copied into it from pinned memory (asynchronously);
 - forward (bf16 autocast where the plugin uses it, without autocast's weight-cast cache), the
   cross-entropy, and the backward through the booster;
+- with several data-parallel ranks, the gradients' average: one NCCL all-reduce of a flat buffer
+  (:mod:`vit_train.distributed.grad_sync`; the model is boosted without DDP, whose reducer is host
+  machinery);
 - clipping: torch_ddp's ``clip_grad_norm_`` (foreach, the norm and the clip factor stay on the GPU);
   hybrid_parallel's mixed-precision optimizer clips inside its step, on the GPU with
   :mod:`vit_train.patches.amp_loops` (its tensor-parallel norm all-reduce is an NCCL collective,
@@ -45,7 +48,8 @@ import torch
 import torch.nn.functional as F
 
 from vit_train.components.checkpoint import steps_on_param_device
-from vit_train.distributed.plugins import needs_autocast
+from vit_train.distributed import grad_sync
+from vit_train.distributed.plugins import dp_group_of, needs_autocast
 from vit_train.patches.tp_dropout import skip_rng_forks
 
 WARMUP_STEPS = 3
@@ -160,16 +164,19 @@ class StaticBuffers:
     """The Trainer's interval loss accumulator (fp64, 0-dim), zeroed in place by the Trainer."""
 
 
-def step_body(tr: Any, buf: StaticBuffers, autocast: Any) -> None:
+def step_body(tr: Any, buf: StaticBuffers, autocast: Any, grad_sync: Callable[[], None] | None) -> None:
     """One training step of Trainer ``tr`` on the samples ``buf.idx``: what the graph captures and
     what the warm-up steps run eagerly. Nothing here reads the GPU back to the host, and nothing in
-    the Python state it touches changes from one step to the next."""
+    the Python state it touches changes from one step to the next. ``grad_sync`` averages the
+    gradients over the data-parallel ranks (None with one)."""
     x = torch.index_select(tr.train_x, 0, buf.idx)
     y = torch.index_select(tr.train_y, 0, buf.idx)
     with autocast:
         logits = tr.model(pixel_values=x).logits
     loss = F.cross_entropy(logits.float(), y)
     tr.booster.backward(loss, tr.optimizer)
+    if grad_sync is not None:
+        grad_sync()
     grad_norm = tr._clip_and_norm()
     tr.optimizer.step()
     if grad_norm is None:  # hybrid_parallel: its optimizer clipped inside step(), norm kept on the GPU
@@ -201,18 +208,18 @@ class GraphStep:
         # No weight-cast cache: the casts are part of each replay (the same casts an eager step makes).
         autocast = (torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False) if needs_autocast(cfg)
                     else contextlib.nullcontext())
-        self.step_fn = CapturedStep(functools.partial(step_body, tr, self.buffers, autocast), tr.optimizer.zero_grad,
-                                     inner.param_groups, self.buffers.idx, seam or CudaSeam(dev), warmup_steps)
+        # Several data-parallel ranks: the gradients are averaged inside the step (no DDP: the Trainer
+        # boosted under one_rank_ddp.without_ddp).
+        self.grad_sync = grad_sync.build(tr.model.unwrap().named_parameters(), dp_group_of(cfg, tr.plugin),
+                                         tr.layout.dp_size)
+        self.step_fn = CapturedStep(functools.partial(step_body, tr, self.buffers, autocast, self.grad_sync),
+                                    tr.optimizer.zero_grad, inner.param_groups, self.buffers.idx, seam or CudaSeam(dev),
+                                    warmup_steps)
 
     def step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run one step; returns the static loss and norm buffers (valid until the next step)."""
         self.step_fn(idx)
         return self.buffers.loss, (self.buffers.grad_norm if self.reports_norm else None)
-
-
-def build(tr: Any) -> GraphStep | None:
-    """The Trainer's graph step when ``cfg.model.cuda_graph``, else None (the eager step)."""
-    return GraphStep(tr) if tr.cfg.model.cuda_graph else None
 
 
 def make_capturable(optim: torch.optim.Optimizer) -> None:

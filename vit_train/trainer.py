@@ -29,6 +29,7 @@ from vit_train.components.export import export_hf_model
 from vit_train.components.faults import Faults
 from vit_train.components.fsutil import atomic_write_text, make_private_dir
 from vit_train.model_shapes import PRESETS
+from vit_train.patches.one_rank_ddp import without_ddp
 from vit_train.distributed.plugins import build_booster, build_optimizer, build_plugin, layout_of, needs_autocast
 from vit_train.sampling import TrainOrder
 from vit_train.components.tracking import Tracker
@@ -130,7 +131,9 @@ class Trainer:
         scheduler = get_cosine_schedule_with_warmup(
             optimizer, int(cfg.optim.warmup_ratio * self.total_steps), self.total_steps
         )
-        self.model, self.optimizer, _, _, self.scheduler = self.booster.boost(model, optimizer, lr_scheduler=scheduler)
+        # A graphed step averages its gradients itself (one captured all-reduce): no DDP around the model.
+        with without_ddp() if self._graph_requested() else contextlib.nullcontext():
+            self.model, self.optimizer, _, _, self.scheduler = self.booster.boost(model, optimizer, lr_scheduler=scheduler)
         self.layout = layout_of(cfg, self.plugin)
         lap("boost")
         if self.compile_model:
@@ -143,7 +146,8 @@ class Trainer:
         self.state = LoopState()
         self._resume()
         self._interval_loss = torch.zeros((), dtype=torch.float64, device=self.device)  # a graph adds into it
-        self.graph = graph_step.build(self)  # the step as one CUDA graph (model.cuda_graph), after the resume
+        # The step as one CUDA graph (model.cuda_graph), built after the resume.
+        self.graph = graph_step.GraphStep(self, seam=self._graph_seam()) if self._graph_requested() else None
         self.tracker = Tracker(
             self.run_dir, env.is_main, cfg.logging.tensorboard, self.state.step, self.total_steps
         )
@@ -155,6 +159,13 @@ class Trainer:
             self.tracker.info(
                 f"optim.lr_scaling={cfg.optim.lr_scaling}: lr {cfg.optim.lr:g} -> {self.lr:g} for data-parallel size {self.layout.dp_size}"
             )
+
+    def _graph_requested(self) -> bool:
+        return self.cfg.model.cuda_graph
+
+    def _graph_seam(self) -> graph_step.Seam | None:
+        """The graph's CUDA calls (None: the real ones); the CPU tests' trainer returns a fake."""
+        return None
 
     def _use_fast_forwards(self) -> bool:
         """Tensor parallelism replaces Q/K/V with sharded layers whose forward carries the

@@ -1,7 +1,7 @@
 """``python -m vit_train.bench.graph_check --out DIR``: does ``model.cuda_graph`` train what eager trains?
 
-Needs a CUDA GPU. For torch_ddp in fp32 and bf16 and hybrid_parallel in bf16 (and hybrid_parallel
-tp=2 when two GPUs are present), on a preset (vit_b16) and the benchmark's synthetic data, every run
+Needs a CUDA GPU. For torch_ddp in fp32 and bf16 and hybrid_parallel in bf16 (and, when two GPUs are
+present, hybrid_parallel tp=2 and two data-parallel ranks of each: eager under DDP, graphed without), on a preset (vit_b16) and the benchmark's synthetic data, every run
 in its own process through the real Trainer (checkpoints, evaluation and export included):
 
 1. eager against graph: the per-step losses of the first ``--steps`` steps (max abs difference;
@@ -34,6 +34,10 @@ MODES: dict[str, tuple[int, dict[str, Any]]] = {
     "ddp_bf16": (1, {"parallel.plugin": "torch_ddp", "precision": "bf16"}),
     "hybrid_bf16": (1, {"parallel.plugin": "hybrid_parallel", "precision": "bf16"}),
     "hybrid_tp2_bf16": (2, {"parallel.plugin": "hybrid_parallel", "precision": "bf16", "parallel.tp_size": 2}),
+    # Two data-parallel ranks: eager under torch DDP, graphed with its own all-reduce (distributed.grad_sync).
+    "ddp_x2_fp32": (2, {"parallel.plugin": "torch_ddp", "precision": "fp32"}),
+    "ddp_x2_bf16": (2, {"parallel.plugin": "torch_ddp", "precision": "bf16"}),
+    "hybrid_dp2_bf16": (2, {"parallel.plugin": "hybrid_parallel", "precision": "bf16"}),
 }
 LOSS_TOL = {"fp32": 1e-5, "bf16": 2e-2}
 """Per-step loss tolerance against eager (bf16: relative to max(1, |loss|))."""

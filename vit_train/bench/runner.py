@@ -138,6 +138,11 @@ CONFIGS: tuple[BenchConfig, ...] = (
     _t("gemini_offload", "GeminiPlugin, optimizer state on CPU (offload_optim_frac 1)",
        overrides={**GEMINI, "parallel.offload_optim_frac": 1.0}, needs_cuda=True, steps=5),
     _t("ddp_x2", "TorchDDPPlugin, 2 ranks", overrides=DDP, nproc=2),
+    _t("ddp_x2+graph", "TorchDDPPlugin, 2 ranks, each step one CUDA graph (gradient all-reduce inside it, no DDP)",
+       overrides={**DDP, **GRAPH}, nproc=2, needs_cuda=True),
+    _t("hybrid_dp2", "HybridParallelPlugin tp1, 2 data-parallel ranks (torch DDP)", overrides=HYBRID, nproc=2),
+    _t("hybrid_dp2+graph", "HybridParallelPlugin tp1, 2 data-parallel ranks, one CUDA graph per rank (gradient "
+       "all-reduce inside it, no DDP)", overrides={**HYBRID, **GRAPH}, nproc=2, needs_cuda=True),
     _t("zero2_x2", "LowLevelZeroPlugin stage 2, 2 ranks", overrides={**ZERO, "parallel.zero_stage": 2}, nproc=2),
     _t("hybrid_tp2", "HybridParallelPlugin tp2", overrides={**HYBRID, "parallel.tp_size": 2}, nproc=2),
     _t("hybrid_tp2+graph", "HybridParallelPlugin tp2, one CUDA graph per rank (the TP all-reduces inside it)",

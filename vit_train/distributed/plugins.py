@@ -226,3 +226,8 @@ def layout_of(cfg: RunConfig, plugin: Any) -> Layout:
             uses_pipeline=sm is not None,
         )
     return Layout(world, rank, world, rank, 0, True, True, False)
+
+
+def dp_group_of(cfg: RunConfig, plugin: Any) -> Any:
+    """The process group that data parallelism averages gradients over (None: the whole world)."""
+    return plugin.dp_group if cfg.parallel.plugin == "hybrid_parallel" else None

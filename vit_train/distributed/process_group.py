@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -110,13 +110,14 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
-    """Give every rank rank ``src``'s parameters and buffers, in place (nothing to do alone)."""
-    if not several_ranks():
+def broadcast_module(module: torch.nn.Module, src: int = 0, group: Any = None) -> None:
+    """Give every rank of ``group`` (default: all) the parameters and buffers of global rank ``src``,
+    in place (nothing to do alone)."""
+    if not several_ranks() or dist.get_world_size(group) == 1:
         return
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t, src)
+            dist.broadcast(t, src, group=group)
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:
