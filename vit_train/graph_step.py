@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol
 
@@ -51,6 +52,8 @@ from vit_train.components.checkpoint import steps_on_param_device
 from vit_train.distributed import grad_sync
 from vit_train.distributed.plugins import dp_group_of, needs_autocast
 from vit_train.patches.tp_dropout import skip_rng_forks
+
+log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3
 """Eager steps before the capture (torch's examples use 3 without DDP); at least 1, since the first
@@ -212,6 +215,9 @@ class GraphStep:
         # boosted under one_rank_ddp.without_ddp).
         self.grad_sync = grad_sync.build(tr.model.unwrap().named_parameters(), dp_group_of(cfg, tr.plugin),
                                          tr.layout.dp_size)
+        if self.grad_sync is not None:
+            log.info("model.cuda_graph: gradients averaged over %d ranks inside the graph (%s)", self.grad_sync.size,
+                     ", ".join(f"{len(v)} {str(k).replace('torch.', '')} tensors" for k, v in self.grad_sync.buckets.items()))
         self.step_fn = CapturedStep(functools.partial(step_body, tr, self.buffers, autocast, self.grad_sync),
                                     tr.optimizer.zero_grad, inner.param_groups, self.buffers.idx, seam or CudaSeam(dev),
                                     warmup_steps)

@@ -12,6 +12,10 @@ in its own process through the real Trainer (checkpoints, evaluation and export 
    the same stop and resume eager is the reference (hybrid_parallel bf16 rebuilds its fp32 master
    weights from the saved bf16 ones on load, so its resume is not bit-exact with or without a graph).
 
+Mode ``hybrid_bf16_sync1`` is ``hybrid_bf16`` whose graphed runs also average their gradients over the
+one-GPU group (``VIT_TRAIN_BENCH_ONE_RANK_SYNC=1``, benchmark processes only): the captured NCCL
+all-reduce and its flat-buffer copies on a machine with one GPU.
+
 Writes ``graph_check.json`` and ``graph_check.md`` under ``--out``, prints the JSON, then the
 markdown summary. Exit code 0 when every check passed. ``--no-graph`` runs every "graph" run eagerly:
 a dry run of this script's plumbing on a CPU (it then compares eager with eager).
@@ -39,6 +43,12 @@ MODES: dict[str, tuple[int, dict[str, Any]]] = {
     "ddp_x2_bf16": (2, {"parallel.plugin": "torch_ddp", "precision": "bf16"}),
     "hybrid_dp2_bf16": (2, {"parallel.plugin": "hybrid_parallel", "precision": "bf16"}),
 }
+ONE_RANK_SYNC_ENV = "VIT_TRAIN_BENCH_ONE_RANK_SYNC"
+"""Benchmark processes only: ``=1`` gives a one-rank run the gradient all-reduce of a data-parallel
+one (:func:`force_one_rank_sync`), so one GPU shows that the captured NCCL all-reduce replays and what
+its flat-buffer copies cost, where two GPUs are not at hand."""
+MODE_ENV: dict[str, dict[str, str]] = {"hybrid_bf16_sync1": {ONE_RANK_SYNC_ENV: "1"}}
+MODES["hybrid_bf16_sync1"] = (1, {"parallel.plugin": "hybrid_parallel", "precision": "bf16"})
 LOSS_TOL = {"fp32": 1e-5, "bf16": 2e-2}
 """Per-step loss tolerance against eager (bf16: relative to max(1, |loss|))."""
 WEIGHT_TOL = {"fp32": 1e-4, "bf16": 1e-2}
@@ -61,11 +71,24 @@ def run_config(a: argparse.Namespace, data_dir: Path, out_dir: Path, overrides: 
     return apply_dotted(base, {**overrides, "model.cuda_graph": graph})
 
 
-def _spawn(nproc: int, cfg: dict[str, Any], timeout: float, fault: str | None = None) -> dict[str, Any]:
+def force_one_rank_sync() -> bool:
+    """Under ``VIT_TRAIN_BENCH_ONE_RANK_SYNC=1``: the graph step averages gradients over any group size,
+    one rank included (an NCCL all-reduce over one GPU). Called by the benchmark workers only."""
+    if os.environ.get(ONE_RANK_SYNC_ENV) != "1":
+        return False
+    from vit_train.distributed import grad_sync
+
+    grad_sync.build = lambda named_params, group, dp_size: grad_sync.GradAllReduce(named_params, group)
+    return True
+
+
+def _spawn(nproc: int, cfg: dict[str, Any], timeout: float, fault: str | None = None,
+           extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     module = ["-m", "vit_train.bench.graph_check", "--worker", json.dumps(cfg)]
     cmd = [sys.executable, *module] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module]
     env = {k: v for k, v in os.environ.items() if k != "VIT_TRAIN_FAULT"}
+    env.update(extra_env or {})
     if fault:
         env["VIT_TRAIN_FAULT"] = fault
     try:
@@ -85,6 +108,7 @@ def _worker(cfg_json: str) -> None:
     from vit_train.trainer import Trainer
 
     setup_logging()
+    force_one_rank_sync()
     cfg = RunConfig.from_dict(json.loads(cfg_json))
     env = init_distributed(cfg.seed)
     tr = Trainer(cfg, env)
@@ -136,15 +160,17 @@ def check_mode(name: str, a: argparse.Namespace, data_dir: Path, work: Path) -> 
     precision = over["precision"]
     dirs = {k: work / f"{name}-{k}" for k in ("eager", "graph", "resumed", "eager_resumed")}
     graph = not a.no_graph
+    extra = MODE_ENV.get(name)
     runs = {
         "eager": _spawn(nproc, run_config(a, data_dir, dirs["eager"], over, False), a.timeout),
-        "graph": _spawn(nproc, run_config(a, data_dir, dirs["graph"], over, graph), a.timeout),
+        "graph": _spawn(nproc, run_config(a, data_dir, dirs["graph"], over, graph), a.timeout, extra_env=extra),
     }
     half = max(1, a.steps // 2)
     for key, graphed in (("resumed", graph), ("eager_resumed", False)):
         cfg = run_config(a, data_dir, dirs[key], over, graphed)
-        runs[f"{key}_stop"] = _spawn(nproc, cfg, a.timeout, fault=f"stop@step={half}")
-        runs[key] = _spawn(nproc, cfg, a.timeout)
+        env = extra if graphed else None
+        runs[f"{key}_stop"] = _spawn(nproc, cfg, a.timeout, fault=f"stop@step={half}", extra_env=env)
+        runs[key] = _spawn(nproc, cfg, a.timeout, extra_env=env)
     out: dict[str, Any] = {"mode": name, "nproc": nproc, "precision": precision,
                            "exit_codes": {k: r["returncode"] for k, r in runs.items()}}
     failed = [k for k in dirs if runs[k]["returncode"] != 0]

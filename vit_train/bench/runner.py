@@ -126,6 +126,9 @@ CONFIGS: tuple[BenchConfig, ...] = (
        "(VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1: torch DDP around the one-rank model, per-parameter optimizer loops)",
        overrides=HYBRID, compile=True, env=AS_SHIPPED),
     _t("hybrid+graph", "HybridParallelPlugin tp1 pp1, each step one CUDA graph", overrides={**HYBRID, **GRAPH}, needs_cuda=True),
+    _t("hybrid+graph_sync1", "hybrid+graph plus the gradient all-reduce of a data-parallel run, over one GPU "
+       "(what the graph adds for dp > 1, less the communication)", overrides={**HYBRID, **GRAPH}, needs_cuda=True,
+       env={"VIT_TRAIN_BENCH_ONE_RANK_SYNC": "1"}),
     _t("hybrid+compile+graph", "HybridParallelPlugin + compile + CUDA graph", overrides={**HYBRID, **GRAPH}, compile=True,
        needs_cuda=True),
     _t("gemini", "GeminiPlugin static, HybridAdam, bf16", overrides=GEMINI, needs_cuda=True),

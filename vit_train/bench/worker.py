@@ -74,6 +74,9 @@ def _trainer_setup(spec: dict[str, Any]) -> tuple[Callable[[int], Any], dict[str
     from vit_train.trainer import Trainer
 
     _mark("import_colossalai_transformers")
+    from vit_train.bench.graph_check import force_one_rank_sync
+
+    force_one_rank_sync()  # the *_sync1 rows only
     cfg = RunConfig.from_dict(spec["run_config"])
     env = init_distributed(cfg.seed)
     _mark("init_distributed")
