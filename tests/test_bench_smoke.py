@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from tests.train_utils import REPO, child_env
-from vit_train.bench.runner import CONFIGS, skip_reason
+from vit_train.bench.configs import CONFIGS, skip_reason
 
 
 def test_bench_runs_every_configuration_on_cpu(tmp_path: Path) -> None:
