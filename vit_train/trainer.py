@@ -12,7 +12,6 @@ import logging
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,33 +30,12 @@ from vit_train.components.fsutil import atomic_write_text, make_private_dir
 from vit_train.model_shapes import PRESETS
 from vit_train.patches.one_rank_ddp import without_ddp
 from vit_train.distributed.plugins import build_booster, build_optimizer, build_plugin, layout_of, needs_autocast
+from vit_train.run_state import LoopState, RunOutcome
 from vit_train.sampling import TrainOrder
 from vit_train.components.tracking import Tracker
 from vit_train.versions import library_versions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoopState:
-    """Everything besides weights and optimizer needed to continue exactly where a run stopped."""
-
-    step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    epoch_loss_sum: float = 0.0
-    epoch_loss_steps: int = 0
-    last_epoch_avg_loss: float = float("nan")
-    last_eval: dict[str, float] = field(default_factory=dict)
-    restarts: int = 0
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    status: str
-    """completed | preempted"""
-    step: int
-    result: dict[str, Any]
 
 
 class Trainer:
