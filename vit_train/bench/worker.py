@@ -41,6 +41,12 @@ def run_worker(spec: dict[str, Any], result_path: Path) -> None:
         result["start_to_first_step_s"] = MARKS["first_step"] - T0
         result["setup_seconds"] = state.get("setup_seconds", {})
         result["world_size"] = state.get("world_size", 1)
+        tr = state.get("trainer")
+        if tr is not None:  # what the row trained with: DDP around the model, the graph's own all-reduce
+            from torch.nn.parallel import DistributedDataParallel
+
+            result["ddp_wrapped"] = any(isinstance(m, DistributedDataParallel) for m in tr.model.modules())
+            result["graph_grad_sync"] = tr.graph is not None and tr.graph.grad_sync is not None
         if torch.cuda.is_available():
             result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
