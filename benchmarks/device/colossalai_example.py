@@ -6,7 +6,8 @@ carried to the device machine in an ignored folder and named with ``--example``.
 
 1. writes the beans-schema synthetic dataset (``python3 -m vit_train.synthetic``: 1,034 train /
    133 validation images at 224 px, as every grid benchmark here) and a local "pretrained" ViT-B/16
-   folder (random weights, ``vit_train.model.save_local_model``: config, safetensors, processor);
+   folder (random weights, ``vit_train.model.save_local_model``: config, safetensors, processor),
+   unless ``--model-dir`` names one (the grid benchmark's pre-trained stand-in);
 2. starts ``torchrun --standalone --nproc_per_node 1`` on itself in child mode, where
    ``datasets.load_dataset("beans")`` is answered with ``load_from_disk`` of that dataset (the hub
    is unreachable there) before the example's ``data.py`` is imported, then runs
@@ -60,11 +61,13 @@ def main() -> int:
     p.add_argument("--weight-decay", type=float, default=0.5)
     p.add_argument("--warmup-ratio", type=float, default=0.3)
     p.add_argument("--work", type=Path, default=Path("/tmp/cai_example"))
+    p.add_argument("--model-dir", type=Path, default=None, help="a local HF ViT folder to start from (e.g. the grid "
+                   "benchmark's pre-trained stand-in, WORK/pretrain/model); default: random ViT-B/16 weights")
     step_out = os.environ.get("STEP_OUT")
     p.add_argument("--out", type=Path, required=step_out is None, default=step_out)
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    data, model = a.work / "beans224", a.work / "vit_b16_local"
+    data, model = a.work / "beans224", a.model_dir or a.work / "vit_b16_local"
     if not data.exists():
         subprocess.run([sys.executable, "-m", "vit_train.synthetic", str(data), "--num-train", "1034",
                         "--num-validation", "133", "--num-test", "12", "--image-size", "224"], check=True)
@@ -86,7 +89,7 @@ def main() -> int:
     text = proc.stdout + proc.stderr
     (a.out / f"example-{a.plugin}-{a.batch_size}-{a.lr:g}.log").write_text(text)
     evals = re.findall(r"[Ee]valuat\w*[^\n]*accuracy[^\n]*", text)
-    record = {"plugin": a.plugin, "batch_size": a.batch_size, "lr": a.lr, "epochs": a.epochs, "exit_code": proc.returncode,
+    record = {"plugin": a.plugin, "model_dir": str(model), "batch_size": a.batch_size, "lr": a.lr, "epochs": a.epochs, "exit_code": proc.returncode,
               "wall_s": round(wall, 1), "eval_lines": evals[-a.epochs:], "command": " ".join(cmd)}
     with open(a.out / "colossalai_example.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
