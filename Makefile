@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # ColossalAI 0.5.0 declares; PyPI's CUDA build, which also runs on CPU, about 5 GB).
 TORCH251_VENV ?= .venv-torch251
 TORCH251_TESTS ?= tests/test_train_layouts.py tests/test_resume.py tests/test_cpu_compat.py \
-	tests/test_one_rank_ddp.py tests/test_data_model.py tests/test_cli_train.py
+	tests/test_one_rank_ddp.py tests/test_data_model.py tests/test_cli_train.py tests/test_graph_step.py
 
 .PHONY: install install-python install-slurm test test-torch251 demo cluster-up cluster-down
 
