@@ -2,11 +2,11 @@
 # model.cuda_graph with two data-parallel ranks (eager under torch DDP, graphed with its own all-reduce):
 # first 50 losses against eager and the stop-and-resume equality; batch 8 and 32 per GPU beside the
 # DDP rows of the same run; then bf16 DDP and tensor-parallel 2 with the time left.
-S=$(date +%s); left() { echo $(( 582 - $(date +%s) + S )); }
+S=$(date +%s); left() { echo $(( ${BUDGET:-582} - $(date +%s) + S )); }  # BUDGET: seconds this call may take
 source benchmarks/device/provision.sh > $OUT/setup.log 2>&1 || { tail $OUT/setup.log; exit 1; }
 echo "provisioned in $(( $(date +%s) - S )) s"; nvidia-smi -L
 python3 -c "import torch, transformers, colossalai; print('torch', torch.__version__, 'nccl', torch.cuda.nccl.version(), 'transformers', transformers.__version__, 'colossalai', colossalai.__version__)"
-timeout 260 python3 -m vit_train.bench.graph_check --steps 50 --timeout 60 --out $OUT/gc \
+timeout $(( $(left) / 2 )) python3 -m vit_train.bench.graph_check --steps 50 --timeout 60 --out $OUT/gc \
   --modes ddp_x2_fp32,hybrid_dp2_bf16 > $OUT/gc.log 2>&1
 echo "graph_check exit $? at $(( $(date +%s) - S )) s"; cat $OUT/gc/graph_check.md
 grep -m5 -E "Error|error:" $OUT/gc.log | cut -c1-300
