@@ -341,11 +341,13 @@ def _equality(root: Path, env: Any, data: Any, case: str) -> dict[str, Any]:
     if case.endswith("_dp2"):
         from torch.nn.parallel import DistributedDataParallel
 
+        from tests.train_utils import same_on_all_ranks
+
         def ddp(tr: Any) -> bool:  # the torch DDP module under either plugin's wrapper
             return any(isinstance(m, DistributedDataParallel) for m in tr.model.modules())
 
         res.update(eager_ddp=ddp(a), graph_ddp=ddp(b), graph_syncs=b.graph.grad_sync is not None,
-                   rank_weights_equal=_same_on_all_ranks(pb))
+                   rank_weights_equal=same_on_all_ranks(pb.values()))
     if case == "ddp":
         res["eval"] = _evaluation(a)
     return _merge_ranks(res)
@@ -390,18 +392,6 @@ def _evaluation(tr: Any) -> dict[str, Any]:
     return {**metrics, "reads": reads, "confusion": got["confusion"].tolist(), "wrong": [list(w) for w in got["wrong"]],
             "ref_loss": float(F.cross_entropy(logits, y)), "ref_accuracy": float((pred == y).double().mean()),
             "ref_confusion": confusion.tolist(), "ref_wrong": [[int(i), int(y[i]), int(pred[i])] for i in wrong]}
-
-
-def _same_on_all_ranks(params: dict[str, Any]) -> bool:
-    import torch
-    import torch.distributed as dist
-
-    flat = torch.cat([p.float().flatten() for p in params.values()])
-    first = flat.clone()
-    dist.broadcast(first, 0)
-    same = torch.tensor(int(torch.equal(first, flat)))
-    dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's answer, not rank 0's own copy
-    return bool(same)
 
 
 def _merge_ranks(res: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def _without_ddp_case(name: str) -> dict[str, bool]:
     from colossalai.booster.plugin import HybridParallelPlugin, TorchDDPPlugin
     from torch.nn.parallel import DistributedDataParallel
 
-    from tests.train_utils import tiny_vit
+    from tests.train_utils import same_on_all_ranks, tiny_vit
     from vit_train.patches.one_rank_ddp import without_ddp
 
     plugin = (TorchDDPPlugin() if name == "torch_ddp" else
@@ -64,21 +64,11 @@ def _without_ddp_case(name: str) -> dict[str, bool]:
         for p in model.parameters():
             p.add_(dist.get_rank())  # the ranks start apart
 
-    def flat(m: torch.nn.Module) -> torch.Tensor:
-        return torch.cat([p.detach().float().flatten() for p in m.parameters()])
-
-    def same_everywhere(t: torch.Tensor) -> bool:
-        ref = t.clone()
-        dist.broadcast(ref, 0)
-        ok = torch.tensor(int(torch.equal(ref, t)))
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok)
-
-    before = same_everywhere(flat(model))
+    before = same_on_all_ranks(model.parameters())
     with without_ddp():
         boosted, *_ = Booster(plugin=plugin).boost(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
     return {"ddp": any(isinstance(m, DistributedDataParallel) for m in boosted.modules()),
-            "differed_before": not before, "equal_after": same_everywhere(flat(boosted.unwrap()))}
+            "differed_before": not before, "equal_after": same_on_all_ranks(boosted.unwrap().parameters())}
 
 
 # --------------------------------------------------------------------------- child side

@@ -25,6 +25,19 @@ def tiny_vit(num_labels: int) -> Any:
                                                num_labels=num_labels))
 
 
+def same_on_all_ranks(params: Any) -> bool:
+    """True on every rank when every rank holds rank 0's values of these tensors (collective)."""
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().float().flatten() for p in params])
+    first = flat.clone()
+    dist.broadcast(first, 0)
+    same = torch.tensor(int(torch.equal(first, flat)))
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)  # every rank's answer, not rank 0's own copy
+    return bool(same)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

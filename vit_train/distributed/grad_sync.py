@@ -45,6 +45,7 @@ class GradAllReduce:
         self.buckets: dict[torch.dtype, list[int]] = {}
         for i, (_, p) in enumerate(self.named):
             self.buckets.setdefault(p.dtype, []).append(i)
+        self.numels = {dtype: [self.named[i][1].numel() for i in idx] for dtype, idx in self.buckets.items()}
 
     def __call__(self) -> None:
         grads = []
@@ -53,12 +54,12 @@ class GradAllReduce:
                 raise RuntimeError(f"GradAllReduce: parameter {name!r} has no gradient after the backward (unused "
                                    "in the forward?); every trainable parameter must take part in the loss")
             grads.append(p.grad)
-        for indices in self.buckets.values():
+        for dtype, indices in self.buckets.items():
             bucket = [grads[i] for i in indices]
             flat = torch.cat([g.reshape(-1) for g in bucket])
             flat.div_(self.size)  # before the sum, in the gradients' dtype: DDP's default hook rounds the same way
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-            views = [v.view_as(g) for v, g in zip(flat.split([g.numel() for g in bucket]), bucket)]
+            views = [v.view_as(g) for v, g in zip(flat.split(self.numels[dtype]), bucket)]
             torch._foreach_copy_(bucket, views)
 
 
