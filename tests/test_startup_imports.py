@@ -1,7 +1,8 @@
 """Start-up of training processes (vit_train/startup.py, run by vit_train/__init__.py).
 
-vit_train.patches.lazy_compile: ColossalAI's import-time ``torch.compile`` decorations are compiled on
-first call instead, with the same arguments and the same results; nothing else changes.
+vit_train.patches.lazy_compile: ColossalAI's import-time ``torch.compile`` decorations, and those of
+the bitsandbytes module ColossalAI imports, are compiled on first call instead, with the same
+arguments and the same results; nothing else changes, and importing them sets up no inductor.
 
 The module-level tests use a recording stand-in for ``torch.compile`` (so the count of compilations
 and the arguments can be checked); the subprocess tests import the real ColossalAI 0.5.0 modules in a
@@ -81,8 +82,13 @@ import json, sys, torch
 import vit_train  # installs the hook (unless switched off)
 import colossalai.quantization.fp8 as fp8
 import colossalai.shardformer.layer.attn as attn
+import bitsandbytes.backends.default.ops as bnb_ops  # colossalai.quantization imported it already
 from torch._dynamo.utils import counters
 from vit_train.patches.lazy_compile import CompileOnFirstCall
+
+inductor_at_import = "torch._inductor.compile_fx" in sys.modules  # before anything below compiles
+# bitsandbytes wraps its compiled kernel in a fallback closure: the compiled function is a cell of it
+bnb_cells = [c.cell_contents for c in bnb_ops._dequantize_blockwise_compute.__closure__ or ()]
 
 fn = attn._rescale_out_lse
 deferred = isinstance(fn, CompileOnFirstCall)
@@ -96,6 +102,8 @@ ref = plain(*[a.clone() for a in args])
 print(json.dumps({
     "deferred": deferred,
     "fp8_deferred": isinstance(fp8._linear_fp8, CompileOnFirstCall),
+    "bnb_deferred": any(isinstance(c, CompileOnFirstCall) and c.compiled is None for c in bnb_cells),
+    "inductor_at_import": inductor_at_import,
     "torch_compile_restored": torch.compile.__module__ == "torch" and torch.compile.__name__ == "compile",
     "compiled_after_call": (fn.compiled is not None) if deferred else None,
     "new_graphs": counters["stats"]["unique_graphs"] - graphs_before,
@@ -114,14 +122,16 @@ def _probe(env_extra: dict[str, str]) -> dict[str, Any]:
 
 def test_colossalai_modules_get_deferred_compiles_that_compile_on_first_call() -> None:
     r = _probe({"VIT_TRAIN_COLOSSALAI_AS_SHIPPED": "0"})
-    assert r["deferred"] and r["fp8_deferred"] and r["torch_compile_restored"], r
+    assert r["deferred"] and r["fp8_deferred"] and r["bnb_deferred"] and r["torch_compile_restored"], r
+    assert not r["inductor_at_import"], r  # nothing set up inductor while ColossalAI and bitsandbytes imported
     assert r["compiled_after_call"] and r["new_graphs"] >= 1, r  # the first call really compiled
     assert r["same_result"], r
 
 
 def test_switch_leaves_colossalai_as_shipped() -> None:
     r = _probe({"VIT_TRAIN_COLOSSALAI_AS_SHIPPED": "1"})
-    assert not r["deferred"] and not r["fp8_deferred"] and r["torch_compile_restored"], r
+    assert not r["deferred"] and not r["fp8_deferred"] and not r["bnb_deferred"] and r["torch_compile_restored"], r
+    assert r["inductor_at_import"], r  # as shipped, the import-time compiles set inductor up
     assert r["new_graphs"] >= 1 and r["same_result"], r
 
 

@@ -13,7 +13,7 @@ speed fix off (the benchmark's same-run A/B).
 | ``amp_loops`` | mixed-precision optimizer: one kernel per parameter in three loops, and a host read of the grad norm every step | colossalai 0.5.0 | ``tests/test_amp_loops.py`` |
 | ``one_rank_ddp`` | no torch DDP (and no NCCL set-up) around a model whose data-parallel group is one rank; none for any group inside ``without_ddp`` (``model.cuda_graph`` averages gradients itself), rank 0's weights broadcast as DDP would | colossalai 0.5.0 | ``tests/test_one_rank_ddp.py`` |
 | ``tp_dropout`` | tensor-parallel dropouts of rate 0 swap the CUDA RNG state every forward, which CUDA-graph capture forbids (``model.cuda_graph`` only) | colossalai 0.5.0 | ``tests/test_graph_step.py`` |
-| ``lazy_compile`` | ColossalAI's import-time ``torch.compile`` decorations set up inductor at import: compile on first call | colossalai 0.5.0, torch >= 2.5 | ``tests/test_startup_imports.py`` |
+| ``lazy_compile`` | ColossalAI's and bitsandbytes' import-time ``torch.compile`` decorations set up inductor at import: compile on first call | colossalai 0.5.0, bitsandbytes 0.50, torch >= 2.5 | ``tests/test_startup_imports.py`` |
 | ``startup`` | start-up import trims: ``USE_FLAX=0``, transformers treats scikit-learn/scipy as absent | transformers 4.51.3 | ``tests/test_startup_imports.py`` |
 | ``import_hooks`` | the one meta-path hook ``lazy_compile`` and ``startup`` share (not a patch itself) | - | ``tests/test_startup_imports.py`` |
 | ``patching`` | applies a speed fix once per process, only to the version it was written for (not a patch itself) | - | the tests above |

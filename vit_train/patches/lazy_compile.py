@@ -1,4 +1,4 @@
-"""Compile ColossalAI's import-time ``torch.compile`` functions on their first call instead.
+"""Compile ColossalAI's (and bitsandbytes') import-time ``torch.compile`` functions on their first call instead.
 
 Every Booster plugin import pulls in two ColossalAI modules that decorate functions with
 ``torch.compile`` at import time: ``colossalai.shardformer.layer.attn`` (one ring-attention helper)
@@ -7,11 +7,16 @@ GPU's compute capability is 8.9 or higher, an H100). Building a compiled wrapper
 up inductor on the spot (``torch._inductor.compile_fx``: 0.5 s on the 2-core dev machine, more on
 the H100 host, see BENCHMARKS.md, start-up), before the first step, for functions that only run
 with ring attention, fp8 communication or fp8 linear layers, none of which this project enables.
+The same import chain (``colossalai.quantization.bnb``) imports bitsandbytes, whose
+``bitsandbytes.backends.default.ops`` (0.50) compiles four 4-/8-bit quantisation and 32-bit optimizer
+helpers at import; this project calls none of them. Deferring it too keeps inductor out of start-up
+(measured on the 2-core dev machine, bitsandbytes 0.50.2: 0.9 s less per process, see BENCHMARKS.md,
+start-up; the GPU host's benchmarks use a stand-in bitsandbytes and never paid it).
 
 :func:`install` registers an import hook (:mod:`vit_train.patches.import_hooks`) that runs those two modules with
 ``torch.compile`` replaced by a deferring version: each decorated function is compiled with the
 same arguments the first time it is called, and that compiled function serves every later call.
-Nothing else is affected: the hook matches two module names, restores ``torch.compile`` when the
+Nothing else is affected: the hook matches three module names, restores ``torch.compile`` when the
 module has run, and leaves ``disable=True`` decorations as torch.compile does (the plain function).
 ``VIT_TRAIN_COLOSSALAI_AS_SHIPPED=1`` (the switch for all of vit_train's ColossalAI speed changes)
 leaves the hook out.
@@ -26,7 +31,10 @@ from typing import Any, Callable
 
 from vit_train.patches import import_hooks
 
-TARGETS = frozenset({"colossalai.quantization.fp8", "colossalai.shardformer.layer.attn"})
+# bitsandbytes.backends.default.ops (bitsandbytes 0.50; pulled in by colossalai.quantization.bnb, and
+# by ColossalAI's GaLore optimizers) wraps four 4-/8-bit kernels in torch.compile at import.
+TARGETS = frozenset({"colossalai.quantization.fp8", "colossalai.shardformer.layer.attn",
+                     "bitsandbytes.backends.default.ops"})
 
 
 class CompileOnFirstCall:
