@@ -19,6 +19,7 @@ import random
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -188,14 +189,14 @@ def _fire(run_dir: Path, job: str, kind: str, tmp: Path) -> str | None:
     return f"USR2 at step {step}" if _signal(job) else None
 
 
-def _reference(run_dir: Path, tmp: Path) -> Path:
-    """The same resolved config, uninterrupted, under torchrun (2 ranks, gloo)."""
+def _reference(run_dir: Path, tmp: Path, port: int) -> Path:
+    """The same resolved config, uninterrupted, under torchrun (2 ranks, gloo, rendezvous on ``port``)."""
     rec = runstate.read_run_record(run_dir)
     assert rec is not None
     out = tmp / f"ref-{run_dir.name}"
     cfg = {**rec.config, "output_dir": str(out)}
     (tmp / f"{run_dir.name}.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "vit_train", "--config", str(tmp / f"{run_dir.name}.yaml")]
     proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -244,9 +245,15 @@ def test_seeded_preemptions_lose_nothing(slurm_cluster: Any, tmp_path: Path, syn
         submission.cancel(grid, out=lambda _: None)
     missed = {lr: plans[lr][cursors[lr]:] for lr in lrs}
     print(f"fired {len(done)} injections; not reached before the run finished: {missed}")
+    # Both uninterrupted references at once (each is its own torchrun): they share nothing but the cores.
+    ports: set[int] = set()
+    while len(ports) < len(by_lr):  # distinct ports: the two rendezvous must not meet
+        ports.add(free_port())
+    with ThreadPoolExecutor(max_workers=len(by_lr)) as pool:
+        refs = dict(zip(by_lr, pool.map(lambda d, p: _reference(d, tmp_path, p), by_lr.values(), sorted(ports))))
     diffs = {}
     for lr, run_dir in by_lr.items():
-        diffs[lr] = run_differs(_reference(run_dir, tmp_path), run_dir)
+        diffs[lr] = run_differs(refs[lr], run_dir)
         restarts = json.loads((run_dir / "result.json").read_text())["restarts"]
         print(f"{run_dir.name}: {restarts} restarts; {'equal to uninterrupted' if diffs[lr] is None else diffs[lr]}")
         reliability_report.record("run", case=f"inj/{run_dir.name}", lost=diffs[lr] is not None)

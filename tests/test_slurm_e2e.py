@@ -252,9 +252,10 @@ def test_failed_run_shows_its_reason_and_resume_failed_only(stub_jobs: Any, tmp_
 
 @pytest.mark.slurm
 def test_time_limit_checkpoints_requeues_and_finishes(stub_jobs: Any, tmp_path: Path) -> None:
-    """time_min=1 with USR2 30 s before it: the run needs ~50 s of steps, so it must stop, requeue and
-    continue (submitit counts each such USR2 as a time-out: max_requeues=20 keeps it going)."""
-    grid = _stub_grid(tmp_path, "timelimit", [1e-3], steps=100, time_min=1, signal_delay_s=30)
+    """time_min=1 with USR2 30 s before it: the run needs ~35 s of steps, more than the 30 s before the
+    signal, so it must stop, requeue and continue (submitit counts each such USR2 as a time-out:
+    max_requeues=20 keeps it going)."""
+    grid = _stub_grid(tmp_path, "timelimit", [1e-3], steps=70, time_min=1, signal_delay_s=30)
     submission.submit(grid, out=lambda _: None)
     sts = wait_for_grid(grid, all_phase("finished"), "finished across time limits", timeout=4 * JOB_TIMEOUT)
     attempts = runstate.read_attempts(Path(sts[0].run_dir))
