@@ -22,7 +22,8 @@ else
 fi
 
 # 2. A stand-in bitsandbytes in /tmp/stub, outside the product and outside /tmp/site:
-# galore_torch (which colossalai.nn.optimizer imports) names bitsandbytes, which cannot be carried.
+# galore_torch (which colossalai.nn.optimizer imports) names bitsandbytes. Its real wheel (0.50.2, 43 MB)
+# fits beside .whl/ only when little else travels (run 44 carried it in .bnb/ for the start-up A/B).
 # It provides __version__ and optim.optimizer.Optimizer2State only; nothing here quantizes.
 mkdir -p /tmp/stub/bitsandbytes/optim
 printf '"""Stand-in for the benchmarks: nothing here quantizes."""\n__version__ = "0.0.0"\n' > /tmp/stub/bitsandbytes/__init__.py
