@@ -10,10 +10,10 @@ with ring attention, fp8 communication or fp8 linear layers, none of which this 
 The same import chain (``colossalai.quantization.bnb``) imports bitsandbytes, whose
 ``bitsandbytes.backends.default.ops`` (0.50) compiles four 4-/8-bit quantisation and 32-bit optimizer
 helpers at import; this project calls none of them. Deferring it too keeps inductor out of start-up
-(measured on the 2-core dev machine, bitsandbytes 0.50.2: 0.9 s less per process, see BENCHMARKS.md,
-start-up; the GPU host's benchmarks use a stand-in bitsandbytes and never paid it).
+(bitsandbytes 0.50.2, same-machine A/B, BENCHMARKS.md, start-up: imports 1.0 s shorter on the 2-core
+dev machine; on the H200 host 1.4 s, and a tiny one-GPU run 10.3 -> 7.7 s, run 44).
 
-:func:`install` registers an import hook (:mod:`vit_train.patches.import_hooks`) that runs those two modules with
+:func:`install` registers an import hook (:mod:`vit_train.patches.import_hooks`) that runs those modules with
 ``torch.compile`` replaced by a deferring version: each decorated function is compiled with the
 same arguments the first time it is called, and that compiled function serves every later call.
 Nothing else is affected: the hook matches three module names, restores ``torch.compile`` when the
